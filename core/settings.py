@@ -1,0 +1,156 @@
+"""Project settings: ``carepost.yaml`` and the state folder.
+
+The file is validated once at start-up (unknown keys are errors, so a typo
+never silently falls back to a default). Secrets are read from environment
+variables named in the file; when a secret is not set, a random one is
+created under the state folder with mode 0600 so the embedded defaults work
+on a new machine without weakening anything.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from carepost.core.errors import ConfigError
+
+CONFIG_FILE = "carepost.yaml"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Practice(_Strict):
+    name: str
+    postal_address: str
+    timezone: str = "America/Chicago"
+    website: str = "https://www.example.test"
+
+
+class SenderIdentity(_Strict):
+    address: str
+    name: str
+
+
+class FileSource(_Strict):
+    kind: Literal["files"] = "files"
+    profiles: str
+    events: str
+
+
+class JsonlSink(_Strict):
+    kind: Literal["jsonl"] = "jsonl"
+    path: str = "cdp-events.jsonl"
+
+
+class SmtpSettings(_Strict):
+    """How to reach the relay. There is no plaintext mode by design."""
+
+    host: str = "127.0.0.1"
+    port: int = 587
+    tls: Literal["starttls", "implicit"] = "starttls"
+    ca_file: str | None = None
+    username: str | None = None
+    password_env: str | None = None
+    helo_name: str = "carepost.localhost"
+    timeout_seconds: float = 30.0
+    max_connections: int = Field(default=4, ge=1, le=64)
+
+    def password(self) -> SecretStr | None:
+        if not self.password_env:
+            return None
+        value = os.environ.get(self.password_env)
+        return SecretStr(value) if value else None
+
+
+class Tracking(_Strict):
+    base_url: str = "https://links.example.test"
+    secret_env: str = "CAREPOST_TRACKING_SECRET"
+
+
+class Settings(_Strict):
+    root: Path = Path(".")
+    state_dir: str = ".carepost"
+    practice: Practice
+    sender: SenderIdentity
+    source: FileSource
+    sink: JsonlSink = JsonlSink()
+    smtp: SmtpSettings = SmtpSettings()
+    tracking: Tracking = Tracking()
+    campaigns_dir: str = "campaigns"
+    segments_dir: str = "segments/library"
+    templates_dir: str = "templates/library"
+    batch_size: int = Field(default=500, ge=1, le=5000)
+
+    def path(self, relative: str) -> Path:
+        candidate = Path(relative)
+        return candidate if candidate.is_absolute() else self.root / candidate
+
+    @property
+    def state_path(self) -> Path:
+        path = self.path(self.state_dir)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @property
+    def ledger_url(self) -> str:
+        return f"sqlite:///{self.state_path / 'ledger.db'}"
+
+    @property
+    def warehouse_path(self) -> Path:
+        return self.state_path / "warehouse.duckdb"
+
+    def secret(self, env_name: str) -> bytes:
+        """Return the secret from ``env_name`` or the state folder's key file."""
+        value = os.environ.get(env_name)
+        if value:
+            return value.encode()
+        key_file = self.state_path / f"{env_name.lower()}.key"
+        if not key_file.exists():
+            fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_hex(32))
+        return key_file.read_text().strip().encode()
+
+    @property
+    def address_hash_key(self) -> bytes:
+        return self.secret("CAREPOST_ADDRESS_HASH_KEY")
+
+    @property
+    def tracking_secret(self) -> bytes:
+        return self.secret(self.tracking.secret_env)
+
+
+def _describe(error: ValidationError, source: Path) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        lines.append(f"  {where}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def load_settings(path: Path | str | None = None) -> Settings:
+    """Load and validate ``carepost.yaml`` (default: the current folder's)."""
+    config_path = Path(path or os.environ.get("CAREPOST_CONFIG", CONFIG_FILE))
+    if not config_path.exists():
+        raise ConfigError(
+            f"configuration file {config_path} not found",
+            hint="run carepost from the project folder or set CAREPOST_CONFIG",
+        )
+    try:
+        raw = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{config_path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{config_path}: expected a mapping at the top level")
+    raw.setdefault("root", config_path.resolve().parent)
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, config_path)) from None
