@@ -1,0 +1,25 @@
+"""Delivery ledger, suppression list and CDP event outbox."""
+
+from carepost.ledger.ledger import (
+    Claim,
+    ClaimStatus,
+    Ledger,
+    Settlement,
+    delivery_key,
+    hash_address,
+    outbox_event,
+)
+from carepost.ledger.models import Delivery, OutboxEvent, Suppression
+
+__all__ = [
+    "Claim",
+    "ClaimStatus",
+    "Delivery",
+    "Ledger",
+    "OutboxEvent",
+    "Settlement",
+    "Suppression",
+    "delivery_key",
+    "hash_address",
+    "outbox_event",
+]

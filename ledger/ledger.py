@@ -1,0 +1,247 @@
+"""The delivery ledger: every send is claimed here before SMTP.
+
+Invariants a change must keep:
+
+- A row is written (``queued``) and moved to ``sending`` in committed
+  transactions *before* the SMTP transaction starts.
+- Only one execution can move a row to ``sending``: the move is a
+  conditional UPDATE, so two concurrent runs of the same campaign run
+  send one message, not two.
+- A row in ``sending`` is an unknown outcome (crash, or no reply after
+  DATA). It is reported and never resent automatically.
+- The outbox event of a settled delivery is written in the same
+  transaction as the settlement, so an event is never lost or invented.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Iterable
+
+from sqlalchemy import event, func, update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, SQLModel, create_engine, select
+
+from carepost.core.states import DeliveryState, Purpose
+from carepost.ledger.models import Delivery, OutboxEvent, Suppression, utc_now
+
+log = logging.getLogger(__name__)
+
+_RETRYABLE = (DeliveryState.QUEUED, DeliveryState.DEFERRED)
+
+
+def hash_address(key: bytes, address: str) -> str:
+    """Return a keyed hash of an address: stable, but not reversible."""
+    normalised = address.strip().lower().encode()
+    return hmac.new(key, normalised, hashlib.sha256).hexdigest()[:40]
+
+
+def delivery_key(campaign: str, run_key: str, profile_id: str) -> str:
+    return f"{campaign}/{run_key}/{profile_id}"
+
+
+class ClaimStatus(StrEnum):
+    CLAIMED = "claimed"      # this execution may try to send
+    DONE = "done"            # already settled by an earlier execution
+    AMBIGUOUS = "ambiguous"  # left in ``sending``: outcome unknown
+
+
+@dataclass(frozen=True)
+class Claim:
+    status: ClaimStatus
+    delivery_id: int
+
+
+@dataclass(frozen=True)
+class Settlement:
+    state: DeliveryState
+    reason: str | None = None
+    smtp_code: int | None = None
+    tls_version: str | None = None
+    tls_cipher: str | None = None
+    cert_sha256: str | None = None
+
+
+class Ledger:
+    def __init__(self, url: str) -> None:
+        self.engine = create_engine(url)
+        if url.startswith("sqlite"):
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        SQLModel.metadata.create_all(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- claiming and settling -------------------------------------------
+
+    def claim(self, *, campaign: str, run_key: str, profile_id: str,
+              purpose: Purpose, **fields: Any) -> Claim:
+        """Insert the delivery row as ``queued``, or report the existing one."""
+        key = delivery_key(campaign, run_key, profile_id)
+        row = Delivery(idempotency_key=key, campaign=campaign, run_key=run_key,
+                       profile_id=profile_id, purpose=purpose.value,
+                       state=DeliveryState.QUEUED, **fields)
+        with Session(self.engine) as session:
+            session.add(row)
+            try:
+                session.commit()
+                return Claim(ClaimStatus.CLAIMED, row.id)
+            except IntegrityError:
+                session.rollback()
+        return self._existing_claim(key)
+
+    def _existing_claim(self, key: str) -> Claim:
+        with Session(self.engine) as session:
+            row = session.exec(
+                select(Delivery).where(Delivery.idempotency_key == key)
+            ).one()
+        state = DeliveryState(row.state)
+        if state is DeliveryState.SENDING:
+            return Claim(ClaimStatus.AMBIGUOUS, row.id)
+        if state in _RETRYABLE:
+            return Claim(ClaimStatus.CLAIMED, row.id)
+        return Claim(ClaimStatus.DONE, row.id)
+
+    def begin_send(self, delivery_id: int, **fields: Any) -> bool:
+        """Move a claimed row to ``sending``; False if another run got it first."""
+        statement = (
+            update(Delivery)
+            .where(Delivery.id == delivery_id, Delivery.state.in_(_RETRYABLE))
+            .values(state=DeliveryState.SENDING, attempts=Delivery.attempts + 1,
+                    updated_at=utc_now(), **fields)
+        )
+        with Session(self.engine) as session:
+            moved = session.exec(statement).rowcount
+            session.commit()
+        return moved == 1
+
+    def settle(self, delivery_id: int, result: Settlement,
+               events: Iterable[OutboxEvent] = ()) -> None:
+        """Record the final (or deferred) state and queue its CDP events."""
+        with Session(self.engine) as session:
+            row = session.get(Delivery, delivery_id)
+            row.state = result.state
+            row.reason = result.reason
+            row.smtp_code = result.smtp_code
+            row.tls_version = result.tls_version
+            row.tls_cipher = result.tls_cipher
+            row.cert_sha256 = result.cert_sha256
+            row.updated_at = utc_now()
+            session.add(row)
+            for outbox_event in events:
+                if session.get(OutboxEvent, outbox_event.event_id) is None:
+                    session.add(outbox_event)
+            session.commit()
+
+    # -- send-time checks ---------------------------------------------------
+
+    def is_suppressed(self, address_hash: str, purpose: Purpose) -> bool:
+        scopes = ("all", purpose.value)
+        with Session(self.engine) as session:
+            found = session.exec(
+                select(Suppression.id).where(
+                    Suppression.address_hash == address_hash,
+                    Suppression.scope.in_(scopes),
+                )
+            ).first()
+        return found is not None
+
+    def suppress(self, address_hash: str, *, scope: str, reason: str,
+                 profile_id: str | None = None) -> None:
+        with Session(self.engine) as session:
+            session.add(Suppression(address_hash=address_hash, scope=scope,
+                                    reason=reason, profile_id=profile_id))
+            try:
+                session.commit()
+            except IntegrityError:
+                session.rollback()
+
+    def sent_since(self, profile_id: str, since: datetime, *,
+                   purpose: Purpose, excluding_run: str | None = None) -> int:
+        """Count messages of ``purpose`` sent to a profile since ``since``."""
+        query = select(func.count(Delivery.id)).where(
+            Delivery.profile_id == profile_id,
+            Delivery.purpose == purpose.value,
+            Delivery.state == DeliveryState.SENT,
+            Delivery.updated_at >= since,
+        )
+        if excluding_run is not None:
+            query = query.where(Delivery.run_key != excluding_run)
+        with Session(self.engine) as session:
+            return session.exec(query).one()
+
+    # -- outbox --------------------------------------------------------------
+
+    def pending_events(self, limit: int = 1000) -> list[OutboxEvent]:
+        with Session(self.engine) as session:
+            return list(session.exec(
+                select(OutboxEvent)
+                .where(OutboxEvent.pushed_at.is_(None))
+                .order_by(OutboxEvent.created_at, OutboxEvent.event_id)
+                .limit(limit)
+            ))
+
+    def mark_pushed(self, event_ids: Iterable[str]) -> None:
+        ids = list(event_ids)
+        if not ids:
+            return
+        with Session(self.engine) as session:
+            session.exec(
+                update(OutboxEvent)
+                .where(OutboxEvent.event_id.in_(ids))
+                .values(pushed_at=utc_now())
+            )
+            session.commit()
+
+    # -- reports ---------------------------------------------------------------
+
+    def state_counts(self, campaign: str, run_key: str) -> Counter[str]:
+        with Session(self.engine) as session:
+            rows = session.exec(
+                select(Delivery.state, func.count(Delivery.id))
+                .where(Delivery.campaign == campaign, Delivery.run_key == run_key)
+                .group_by(Delivery.state)
+            ).all()
+        return Counter({str(state): count for state, count in rows})
+
+    def ambiguous(self, campaign: str | None = None) -> list[Delivery]:
+        query = select(Delivery).where(Delivery.state == DeliveryState.SENDING)
+        if campaign is not None:
+            query = query.where(Delivery.campaign == campaign)
+        with Session(self.engine) as session:
+            return list(session.exec(query))
+
+
+def outbox_event(event_type: str, *, delivery_id: int, campaign: str,
+                 profile_id: str, properties: dict[str, Any]) -> OutboxEvent:
+    """Build an outbox event whose id is stable across retries and re-runs."""
+    event_id = hashlib.sha256(
+        f"{event_type}|{delivery_id}|{campaign}|{profile_id}".encode()
+    ).hexdigest()[:32]
+    payload = {
+        "event_id": event_id,
+        "type": event_type,
+        "profile_id": profile_id,
+        "campaign": campaign,
+        "delivery_id": delivery_id,
+        "occurred_at": utc_now().isoformat(),
+        "properties": properties,
+    }
+    return OutboxEvent(event_id=event_id, type=event_type, profile_id=profile_id,
+                       campaign=campaign, delivery_id=delivery_id,
+                       payload=json.dumps(payload, sort_keys=True))
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
