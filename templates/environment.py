@@ -1,0 +1,207 @@
+"""Sandboxed Jinja environments and the filters templates may use.
+
+Two environments share one configuration: the HTML one autoescapes every
+expression, the text one (plain-text part, subject and preheader) does not.
+Both are ``ImmutableSandboxedEnvironment`` with ``StrictUndefined``, no
+globals, and a short list of filters, so a template can only format the
+values it was given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from jinja2 import FileSystemLoader, StrictUndefined, TemplateNotFound, pass_context
+from jinja2.environment import Environment
+from jinja2.exceptions import TemplateRuntimeError
+from jinja2.runtime import Context
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+HTML_SUFFIX = ".html.j2"
+TEXT_SUFFIX = ".txt.j2"
+
+# Built-in filters that only format or pick from values. Filters that
+# reach attributes by name (attr, map, selectattr), mark text as trusted
+# (safe) or dump objects (pprint, tojson) are left out.
+_BUILTIN_FILTERS = (
+    "capitalize", "d", "default", "e", "escape", "first", "int", "join",
+    "last", "length", "lower", "replace", "round", "striptags", "title",
+    "trim", "truncate", "upper", "urlencode", "wordwrap",
+)
+
+_MONTHS = {
+    "en": ("January", "February", "March", "April", "May", "June", "July",
+           "August", "September", "October", "November", "December"),
+    "es": ("enero", "febrero", "marzo", "abril", "mayo", "junio", "julio",
+           "agosto", "septiembre", "octubre", "noviembre", "diciembre"),
+}
+_WEEKDAYS = {
+    "en": ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday",
+           "Saturday", "Sunday"),
+    "es": ("lunes", "martes", "miércoles", "jueves", "viernes", "sábado",
+           "domingo"),
+}
+
+
+class OutputIsNone(TemplateRuntimeError):
+    """An expression printed ``None``; the finalize hook stops the render."""
+
+
+class FilterValueError(TemplateRuntimeError):
+    """A date filter got a value it cannot format (the message has no value)."""
+
+
+class LibraryLoader(FileSystemLoader):
+    """Load one kind of file (HTML or text) from inside the library folder.
+
+    ``FileSystemLoader`` already rejects ``..`` in names; this also rejects
+    symlinks that resolve outside the folder, and blanks out front matter
+    so Jinja's line numbers still match the file.
+    """
+
+    def __init__(self, folder: Path, suffix: str) -> None:
+        super().__init__(str(folder), encoding="utf-8", followlinks=False)
+        self.root = folder.resolve()
+        self.suffix = suffix
+
+    def get_source(
+        self, environment: Environment, template: str
+    ) -> tuple[str, str, Callable[[], bool]]:
+        if not template.endswith(self.suffix):
+            raise TemplateNotFound(template)
+        source, filename, uptodate = super().get_source(environment, template)
+        if not Path(filename).resolve().is_relative_to(self.root):
+            raise TemplateNotFound(template)
+        return blank_front_matter(source), filename, uptodate
+
+
+def split_front_matter(source: str) -> tuple[str | None, str]:
+    """Split ``source`` into its front matter (or None) and its body."""
+    lines = source.splitlines(keepends=True)
+    if not lines or lines[0].rstrip("\r\n") != "---":
+        return None, source
+    for index in range(1, len(lines)):
+        if lines[index].rstrip("\r\n") == "---":
+            return "".join(lines[1:index]), "".join(lines[index + 1 :])
+    return "".join(lines[1:]), ""
+
+
+def blank_front_matter(source: str) -> str:
+    front, body = split_front_matter(source)
+    if front is None:
+        return source
+    # One newline per removed line: the two "---" lines and the YAML.
+    return "\n" * (front.count("\n") + 2) + body
+
+
+def finalize_output(value: Any) -> Any:
+    """Raise instead of printing ``None`` (Jinja would print "None")."""
+    if value is None:
+        raise OutputIsNone("an expression printed None; use a declared default")
+    return value
+
+
+def _language(context: Context) -> str:
+    value = context.get("language")
+    if not isinstance(value, str):
+        return "en"
+    primary = value.replace("_", "-").split("-")[0].lower()
+    return primary if primary in _MONTHS else "en"
+
+
+def _zone(context: Context) -> ZoneInfo:
+    name = context.get("timezone")
+    if not isinstance(name, str):
+        practice = context.get("practice")
+        name = practice["timezone"] if practice is not None else "UTC"
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise FilterValueError("timezone is not a known IANA time zone") from None
+
+
+def _long_date(day: date, language: str) -> str:
+    month = _MONTHS[language][day.month - 1]
+    weekday = _WEEKDAYS[language][day.weekday()]
+    if language == "es":
+        return f"{weekday}, {day.day} de {month} de {day.year}"
+    return f"{weekday}, {month} {day.day}, {day.year}"
+
+
+@pass_context
+def format_date(context: Context, value: object) -> str:
+    """Format a date (or an aware datetime, in the recipient's zone)."""
+    if isinstance(value, datetime):
+        value = _localize(context, value).date()
+    if not isinstance(value, date):
+        raise FilterValueError("format_date expects a date")
+    return _long_date(value, _language(context))
+
+
+@pass_context
+def format_datetime(context: Context, value: object) -> str:
+    """Format an aware datetime in the recipient's time zone and language.
+
+    English uses a 12-hour clock ("9:00 AM CST"), Spanish a 24-hour one
+    ("09:00 CST").
+    """
+    if not isinstance(value, datetime):
+        raise FilterValueError("format_datetime expects a datetime")
+    local = _localize(context, value)
+    language = _language(context)
+    zone = local.tzname() or ""
+    if language == "es":
+        return f"{_long_date(local.date(), language)}, {local:%H:%M} {zone}".rstrip()
+    clock = f"{local:%I:%M %p}".lstrip("0")
+    return f"{_long_date(local.date(), language)} at {clock} {zone}".rstrip()
+
+
+def _localize(context: Context, value: datetime) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        # A naive time could be UTC or local; guessing would show a wrong hour.
+        raise FilterValueError("datetime has no time zone")
+    return value.astimezone(_zone(context))
+
+
+def _configure(env: ImmutableSandboxedEnvironment) -> ImmutableSandboxedEnvironment:
+    env.globals.clear()
+    env.filters = {name: env.filters[name] for name in _BUILTIN_FILTERS}
+    env.filters["format_date"] = format_date
+    env.filters["format_datetime"] = format_datetime
+    return env
+
+
+def html_environment(folder: Path) -> ImmutableSandboxedEnvironment:
+    env = ImmutableSandboxedEnvironment(
+        loader=LibraryLoader(folder, HTML_SUFFIX),
+        undefined=StrictUndefined,
+        autoescape=True,
+        finalize=finalize_output,
+        auto_reload=False,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    return _configure(env)
+
+
+def text_environment(folder: Path) -> ImmutableSandboxedEnvironment:
+    env = ImmutableSandboxedEnvironment(
+        loader=LibraryLoader(folder, TEXT_SUFFIX),
+        undefined=StrictUndefined,
+        autoescape=False,
+        finalize=finalize_output,
+        auto_reload=False,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    return _configure(env)
+
+
+def filter_names() -> frozenset[str]:
+    return frozenset(_BUILTIN_FILTERS) | {"format_date", "format_datetime"}

@@ -1,0 +1,139 @@
+"""Build the RFC 5322 message for one rendered email.
+
+The message is multipart/alternative (text, then HTML), UTF-8 and
+quoted-printable, so no body line on the wire exceeds 76 octets however
+long a line the template produced. Every header value is checked for CR,
+LF and other control characters before anything is built.
+"""
+
+from __future__ import annotations
+
+import email.policy
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import format_datetime
+
+from carepost.core.states import Purpose
+from carepost.templates.errors import HeaderInjectionError
+
+# C0 controls, DEL, C1 controls and the Unicode line and paragraph
+# separators: str.splitlines() and some mail software treat the last
+# ones as line breaks too.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_MESSAGE_ID = re.compile(r"<[^<>@\s]+@[^<>@\s]+>\Z")
+# RFC 5322 section 2.1.1: lines must not exceed 998 octets. Raw headers
+# (List-Unsubscribe) are not folded, so the URL must fit on one line.
+_MAX_URL_LENGTH = 900
+# Raw header strings are sent as given: the default "long" refolding turns
+# a long URL into RFC 2047 encoded-words, which List-Unsubscribe parsers
+# do not decode.
+_POLICY = email.policy.SMTP.clone(refold_source="none")
+
+
+@dataclass(frozen=True)
+class RenderedContent:
+    """The rendered parts of one message; every text field may contain PHI."""
+
+    subject: str = field(repr=False)
+    preheader: str = field(repr=False)
+    html: str = field(repr=False)
+    text: str = field(repr=False)
+    purpose: Purpose = Purpose.CARE
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """Who the message is from and to, and its per-message headers."""
+
+    from_address: str = field(repr=False)
+    from_name: str
+    to_address: str = field(repr=False)
+    message_id: str
+    unsubscribe_url: str = field(repr=False)
+    unsubscribe_post: bool
+    date: datetime
+
+
+def check_header_value(header: str, value: str) -> None:
+    """Raise ``HeaderInjectionError`` if ``value`` is not one clean line."""
+    if _CONTROL.search(value):
+        raise HeaderInjectionError(header, "contains CR, LF or another control character")
+
+
+def build_message(content: RenderedContent, envelope: Envelope) -> bytes:
+    """Return the message as bytes with CRLF line endings, ready for DATA."""
+    _check_envelope(content, envelope)
+
+    message = EmailMessage(policy=_POLICY)
+    message["From"] = _address("From", envelope.from_address, envelope.from_name)
+    message["To"] = _address("To", envelope.to_address, "")
+    message["Subject"] = content.subject
+    message["Date"] = format_datetime(envelope.date)
+    message.set_raw("Message-ID", envelope.message_id)
+    message.set_raw("List-Unsubscribe", f"<{envelope.unsubscribe_url}>")
+    if envelope.unsubscribe_post:
+        # RFC 8058: a POST with this body unsubscribes; GET changes nothing.
+        message.set_raw("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")
+
+    message.set_content(
+        _text_body(content.text), subtype="plain", charset="utf-8",
+        cte="quoted-printable",
+    )
+    message.add_alternative(
+        content.html, subtype="html", charset="utf-8", cte="quoted-printable"
+    )
+    return message.as_bytes()
+
+
+def _check_envelope(content: RenderedContent, envelope: Envelope) -> None:
+    values = {
+        "From": envelope.from_address,
+        "From display name": envelope.from_name,
+        "To": envelope.to_address,
+        "Subject": content.subject,
+        "Message-ID": envelope.message_id,
+        "List-Unsubscribe": envelope.unsubscribe_url,
+    }
+    for header, value in values.items():
+        check_header_value(header, value)
+    if not content.subject.strip():
+        raise HeaderInjectionError("Subject", "is empty")
+    if not _MESSAGE_ID.match(envelope.message_id):
+        raise HeaderInjectionError("Message-ID", "expected the form <id@domain>")
+    _check_unsubscribe(content, envelope)
+    if envelope.date.tzinfo is None or envelope.date.utcoffset() is None:
+        raise ValueError("Envelope.date must be timezone-aware")
+
+
+def _check_unsubscribe(content: RenderedContent, envelope: Envelope) -> None:
+    url = envelope.unsubscribe_url
+    if not url.startswith("https://") or len(url) > _MAX_URL_LENGTH:
+        raise HeaderInjectionError(
+            "List-Unsubscribe", f"expected an https URL of at most {_MAX_URL_LENGTH} characters"
+        )
+    if any(character in url for character in "<>, "):
+        raise HeaderInjectionError("List-Unsubscribe", "URL contains <, >, comma or space")
+    if content.purpose is Purpose.MARKETING and not envelope.unsubscribe_post:
+        raise ValueError("marketing messages must offer one-click unsubscribe (RFC 8058)")
+
+
+def _address(header: str, addr_spec: str, display_name: str) -> Address:
+    """Return one mailbox; the error never repeats the address."""
+    if not addr_spec.isascii():
+        # NOTE: SMTPUTF8 (non-ASCII local parts) is not supported yet.
+        raise HeaderInjectionError(header, "address must be ASCII")
+    try:
+        address = Address(display_name=display_name, addr_spec=addr_spec)
+    except (ValueError, IndexError):
+        raise HeaderInjectionError(header, "expected exactly one valid address") from None
+    if not address.username or not address.domain:
+        raise HeaderInjectionError(header, "expected exactly one valid address")
+    return address
+
+
+def _text_body(text: str) -> str:
+    # set_content needs a final newline to end the part cleanly.
+    return text if text.endswith("\n") else text + "\n"
