@@ -88,7 +88,7 @@ class Ledger:
         row = Delivery(idempotency_key=key, campaign=campaign, run_key=run_key,
                        profile_id=profile_id, purpose=purpose.value,
                        state=DeliveryState.QUEUED, **fields)
-        with Session(self.engine) as session:
+        with Session(self.engine, expire_on_commit=False) as session:
             session.add(row)
             try:
                 session.commit()
@@ -98,7 +98,7 @@ class Ledger:
         return self._existing_claim(key)
 
     def _existing_claim(self, key: str) -> Claim:
-        with Session(self.engine) as session:
+        with Session(self.engine, expire_on_commit=False) as session:
             row = session.exec(
                 select(Delivery).where(Delivery.idempotency_key == key)
             ).one()
@@ -117,7 +117,7 @@ class Ledger:
             .values(state=DeliveryState.SENDING, attempts=Delivery.attempts + 1,
                     updated_at=utc_now(), **fields)
         )
-        with Session(self.engine) as session:
+        with Session(self.engine, expire_on_commit=False) as session:
             moved = session.exec(statement).rowcount
             session.commit()
         return moved == 1
@@ -125,7 +125,7 @@ class Ledger:
     def settle(self, delivery_id: int, result: Settlement,
                events: Iterable[OutboxEvent] = ()) -> None:
         """Record the final (or deferred) state and queue its CDP events."""
-        with Session(self.engine) as session:
+        with Session(self.engine, expire_on_commit=False) as session:
             row = session.get(Delivery, delivery_id)
             row.state = result.state
             row.reason = result.reason
@@ -135,16 +135,16 @@ class Ledger:
             row.cert_sha256 = result.cert_sha256
             row.updated_at = utc_now()
             session.add(row)
-            for outbox_event in events:
-                if session.get(OutboxEvent, outbox_event.event_id) is None:
-                    session.add(outbox_event)
+            for queued in events:
+                if session.get(OutboxEvent, queued.event_id) is None:
+                    session.add(OutboxEvent.model_validate(queued.model_dump()))
             session.commit()
 
     # -- send-time checks ---------------------------------------------------
 
     def is_suppressed(self, address_hash: str, purpose: Purpose) -> bool:
         scopes = ("all", purpose.value)
-        with Session(self.engine) as session:
+        with Session(self.engine, expire_on_commit=False) as session:
             found = session.exec(
                 select(Suppression.id).where(
                     Suppression.address_hash == address_hash,
@@ -155,7 +155,7 @@ class Ledger:
 
     def suppress(self, address_hash: str, *, scope: str, reason: str,
                  profile_id: str | None = None) -> None:
-        with Session(self.engine) as session:
+        with Session(self.engine, expire_on_commit=False) as session:
             session.add(Suppression(address_hash=address_hash, scope=scope,
                                     reason=reason, profile_id=profile_id))
             try:
@@ -174,13 +174,13 @@ class Ledger:
         )
         if excluding_run is not None:
             query = query.where(Delivery.run_key != excluding_run)
-        with Session(self.engine) as session:
+        with Session(self.engine, expire_on_commit=False) as session:
             return session.exec(query).one()
 
     # -- outbox --------------------------------------------------------------
 
     def pending_events(self, limit: int = 1000) -> list[OutboxEvent]:
-        with Session(self.engine) as session:
+        with Session(self.engine, expire_on_commit=False) as session:
             return list(session.exec(
                 select(OutboxEvent)
                 .where(OutboxEvent.pushed_at.is_(None))
@@ -192,7 +192,7 @@ class Ledger:
         ids = list(event_ids)
         if not ids:
             return
-        with Session(self.engine) as session:
+        with Session(self.engine, expire_on_commit=False) as session:
             session.exec(
                 update(OutboxEvent)
                 .where(OutboxEvent.event_id.in_(ids))
@@ -203,7 +203,7 @@ class Ledger:
     # -- reports ---------------------------------------------------------------
 
     def state_counts(self, campaign: str, run_key: str) -> Counter[str]:
-        with Session(self.engine) as session:
+        with Session(self.engine, expire_on_commit=False) as session:
             rows = session.exec(
                 select(Delivery.state, func.count(Delivery.id))
                 .where(Delivery.campaign == campaign, Delivery.run_key == run_key)
@@ -215,7 +215,7 @@ class Ledger:
         query = select(Delivery).where(Delivery.state == DeliveryState.SENDING)
         if campaign is not None:
             query = query.where(Delivery.campaign == campaign)
-        with Session(self.engine) as session:
+        with Session(self.engine, expire_on_commit=False) as session:
             return list(session.exec(query))
 
 

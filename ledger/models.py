@@ -11,7 +11,6 @@ from datetime import UTC, datetime
 from sqlalchemy import Column, String, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-from carepost.core.states import DeliveryState
 
 
 def utc_now() -> datetime:
@@ -21,7 +20,7 @@ def utc_now() -> datetime:
 class Delivery(SQLModel, table=True):
     """One (campaign run or trigger, profile) delivery.
 
-    ``idempotency_key`` is ``campaign/run_key/profile_id``; its unique index
+    ``state`` is a ``DeliveryState`` value. ``idempotency_key`` is ``campaign/run_key/profile_id``; its unique index
     is what makes a re-run or a retried task send nothing twice.
     """
 
@@ -35,7 +34,7 @@ class Delivery(SQLModel, table=True):
     purpose: str
     template: str | None = None
     template_version: str | None = None
-    state: DeliveryState = Field(sa_column=Column(String, nullable=False, index=True))
+    state: str = Field(sa_column=Column(String, nullable=False, index=True))
     reason: str | None = None
     smtp_code: int | None = None
     message_id: str | None = None
