@@ -1,0 +1,338 @@
+"""One SMTP connection of the TLS-exclusive sender.
+
+`open_session` connects, makes the connection TLS (implicit TLS or a
+required STARTTLS), checks the negotiated version, sends EHLO over TLS and
+authenticates. Every failure before the session is ready raises
+`TransportError`, or `TlsRequiredError` when TLS itself could not be
+established or verified. The sender turns either into a delivery outcome.
+
+`SmtpSession.transmit` runs one MAIL/RCPT/DATA transaction and returns a
+`Reply`. It writes the message content itself, rather than through
+`aiosmtplib.SMTP.data`, so that it knows whether the end-of-data marker went
+out: a lost reply after that point means the outcome is unknown.
+"""
+
+from __future__ import annotations
+
+import re
+import ssl
+from collections.abc import Awaitable
+from dataclasses import dataclass
+
+from aiosmtplib import (
+    SMTP,
+    SMTPAuthenticationError,
+    SMTPConnectError,
+    SMTPConnectResponseError,
+    SMTPConnectTimeoutError,
+    SMTPException,
+    SMTPHeloError,
+    SMTPResponse,
+    SMTPResponseException,
+)
+from pydantic import SecretStr
+
+from carepost.connectors.smtp_tls import (
+    TlsDetails,
+    describe_ssl_failure,
+    is_accepted_version,
+    read_tls_details,
+)
+from carepost.core.errors import CarepostError
+from carepost.core.states import DeliveryState
+
+__all__ = [
+    "OUTCOME_UNKNOWN",
+    "Reply",
+    "SessionConfig",
+    "SmtpSession",
+    "TlsRequiredError",
+    "TransportError",
+    "open_session",
+]
+
+OUTCOME_UNKNOWN = "outcome unknown: no reply after DATA"
+
+_START_MAIL_INPUT = 354
+_COMPLETED = 250
+_SERVICE_CLOSING = 421
+
+# The enhanced status code at the start of a reply text (RFC 3463), such as
+# "5.1.1". Only this part of a reply is kept, because the free text after it
+# often repeats the recipient's address.
+_ENHANCED_STATUS = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
+_LINE_BREAK = re.compile(rb"\r\n|\r|\n")
+
+
+class TransportError(CarepostError):
+    """The relay did not take a message, and ``state`` is how to settle it."""
+
+    state = DeliveryState.DEFERRED
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        smtp_code: int | None = None,
+        tls: TlsDetails | None = None,
+    ) -> None:
+        self.reason = reason
+        self.smtp_code = smtp_code
+        self.tls = tls
+        super().__init__(reason)
+
+
+class TlsRequiredError(TransportError):
+    """TLS was not offered, was rejected, or did not verify: never send in clear."""
+
+    state = DeliveryState.DROPPED_NO_TLS
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """Everything one connection needs, validated by the sender beforehand."""
+
+    host: str
+    port: int
+    implicit_tls: bool
+    helo_name: str
+    timeout_seconds: float
+    context: ssl.SSLContext
+    username: str | None
+    password: SecretStr | None
+
+
+@dataclass(frozen=True)
+class Reply:
+    """Result of one transaction: the delivery state, a reason and the code."""
+
+    state: DeliveryState
+    reason: str | None
+    smtp_code: int | None
+
+
+class _StepFailed(Exception):
+    def __init__(self, reply: Reply) -> None:
+        self.reply = reply
+        super().__init__(reply.reason)
+
+
+async def open_session(config: SessionConfig) -> SmtpSession:
+    """Open a connection that is TLS-verified, greeted and authenticated."""
+    client = SMTP(
+        hostname=config.host,
+        port=config.port,
+        local_hostname=config.helo_name,
+        timeout=config.timeout_seconds,
+        use_tls=config.implicit_tls,
+        # False, not aiosmtplib's default None: None upgrades only when the
+        # server offers STARTTLS and carries on in clear when it does not.
+        start_tls=False,
+        validate_certs=True,
+        tls_context=config.context,
+    )
+    try:
+        await _connect(client)
+        if not config.implicit_tls:
+            await _ehlo(client)
+            await _start_tls(client, config)
+        tls = _verified_tls(client)
+        await _ehlo(client)
+        await _authenticate(client, config)
+    except BaseException:
+        client.close()
+        raise
+    return SmtpSession(client, tls, config.timeout_seconds)
+
+
+class SmtpSession:
+    """A ready connection: TLS verified, EHLO sent over TLS, authenticated."""
+
+    def __init__(self, client: SMTP, tls: TlsDetails, timeout_seconds: float) -> None:
+        self.tls = tls
+        self.messages_sent = 0
+        self._client = client
+        self._timeout_seconds = timeout_seconds
+        self._broken = False
+
+    @property
+    def is_usable(self) -> bool:
+        return not self._broken and self._client.is_connected
+
+    async def reset(self) -> bool:
+        """Send RSET before reusing the connection and return whether it worked."""
+        try:
+            await self._client.rset()
+        except (SMTPException, OSError):
+            self.close()
+            return False
+        return True
+
+    async def transmit(self, envelope_from: str, recipient: str, data: bytes) -> Reply:
+        """Run MAIL, RCPT and DATA for one message and return its reply."""
+        if not self._client.is_connected:
+            self.close()
+            return Reply(DeliveryState.DEFERRED, "connection lost before MAIL", None)
+        if self._client.get_transport_info("ssl_object") is None:
+            # Unreachable while open_session is the only way in. It stays as
+            # the last check before an address would leave this process.
+            self.close()
+            raise TlsRequiredError("connection is not encrypted before MAIL FROM")
+
+        try:
+            await self._step("MAIL", self._client.mail(envelope_from))
+            await self._step("RCPT", self._client.rcpt(recipient))
+            start = await self._step("DATA", self._client.execute_command(b"DATA"))
+            if start.code != _START_MAIL_INPUT:
+                raise _StepFailed(self._rejection("DATA", start.code, start.message))
+        except _StepFailed as failure:
+            return failure.reply
+
+        return await self._send_content(data)
+
+    async def quit(self) -> None:
+        """Send QUIT and close, ignoring errors because the session is over."""
+        try:
+            await self._client.quit()
+        except (SMTPException, OSError):
+            pass
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._broken = True
+        self._client.close()
+
+    async def _step(self, step: str, command: Awaitable[SMTPResponse]) -> SMTPResponse:
+        try:
+            return await command
+        except SMTPResponseException as exc:
+            raise _StepFailed(self._rejection(step, exc.code, exc.message)) from None
+        except (SMTPException, OSError) as exc:
+            self.close()
+            reason = f"connection lost at {step}: {type(exc).__name__}"
+            raise _StepFailed(Reply(DeliveryState.DEFERRED, reason, None)) from None
+
+    async def _send_content(self, data: bytes) -> Reply:
+        protocol = self._client.protocol
+        if protocol is None:
+            self.close()
+            return Reply(DeliveryState.DEFERRED, "connection lost before content", None)
+        try:
+            protocol.write(_encode_content(data))
+        except (SMTPException, OSError) as exc:
+            self.close()
+            reason = f"connection lost before content: {type(exc).__name__}"
+            return Reply(DeliveryState.DEFERRED, reason, None)
+
+        # From here the server may have the whole message, so a missing reply
+        # must never turn into a retry (it would be a second copy).
+        try:
+            final = await protocol.read_response(timeout=self._timeout_seconds)
+        except (SMTPException, OSError):
+            self.close()
+            return Reply(DeliveryState.SENDING, OUTCOME_UNKNOWN, None)
+
+        if final.code == _COMPLETED:
+            self.messages_sent += 1
+            return Reply(DeliveryState.SENT, None, final.code)
+        return self._rejection("DATA", final.code, final.message)
+
+    def _rejection(self, step: str, code: int, message: str) -> Reply:
+        if code == _SERVICE_CLOSING or not 400 <= code < 600:
+            self.close()
+        if not 400 <= code < 600:
+            reason = f"unexpected reply to {step}: {code}"
+            return Reply(DeliveryState.DEFERRED, reason, code if code > 0 else None)
+
+        reason = f"{step} rejected: {code}{_enhanced_status(message)}"
+        if code >= 500 and step in ("RCPT", "DATA"):
+            return Reply(DeliveryState.BOUNCED, reason, code)
+        # 4xx is temporary. A 5xx to MAIL FROM rejects the sender or the
+        # session, not the patient's address, so it must not bounce them.
+        return Reply(DeliveryState.DEFERRED, reason, code)
+
+
+async def _connect(client: SMTP) -> None:
+    try:
+        await client.connect()
+    except SMTPConnectResponseError as exc:
+        reason = f"greeting rejected: {exc.code}{_enhanced_status(exc.message)}"
+        raise TransportError(reason, smtp_code=exc.code) from None
+    except SMTPConnectTimeoutError:
+        raise TransportError("connect timed out") from None
+    except SMTPConnectError as exc:
+        # Implicit TLS: aiosmtplib wraps a failed handshake in SMTPConnectError.
+        if isinstance(exc.__cause__, ssl.SSLError):
+            raise TlsRequiredError(describe_ssl_failure(exc.__cause__)) from None
+        cause = type(exc.__cause__ or exc).__name__
+        raise TransportError(f"connect failed: {cause}") from None
+
+
+async def _ehlo(client: SMTP) -> None:
+    try:
+        await client.ehlo()
+    except SMTPHeloError as exc:
+        reason = f"EHLO rejected: {exc.code}{_enhanced_status(exc.message)}"
+        raise TransportError(reason, smtp_code=exc.code) from None
+    except (SMTPException, OSError) as exc:
+        raise TransportError(f"EHLO failed: {type(exc).__name__}") from None
+
+
+async def _start_tls(client: SMTP, config: SessionConfig) -> None:
+    if not client.supports_extension("starttls"):
+        raise TlsRequiredError("server did not offer STARTTLS")
+    try:
+        await client.starttls(server_hostname=config.host, tls_context=config.context)
+    except SMTPResponseException as exc:
+        reason = f"STARTTLS rejected: {exc.code}{_enhanced_status(exc.message)}"
+        raise TlsRequiredError(reason, smtp_code=exc.code) from None
+    except (SMTPException, OSError) as exc:
+        # aiosmtplib 5.1 lets a failed handshake through as the raw
+        # ssl.SSLError, a subclass of OSError, and wraps timeouts and resets.
+        raise TlsRequiredError(describe_ssl_failure(exc)) from None
+
+
+def _verified_tls(client: SMTP) -> TlsDetails:
+    ssl_object = client.get_transport_info("ssl_object")
+    if ssl_object is None:
+        raise TlsRequiredError("connection is not encrypted after the TLS step")
+    details = read_tls_details(ssl_object)
+    if not is_accepted_version(details.version):
+        reason = f"negotiated {details.version}, older than the TLS 1.2 minimum"
+        raise TlsRequiredError(reason, tls=details)
+    return details
+
+
+async def _authenticate(client: SMTP, config: SessionConfig) -> None:
+    if config.username is None or config.password is None:
+        return
+    if client.get_transport_info("ssl_object") is None:
+        raise TlsRequiredError("refusing AUTH on a connection without TLS")
+    if not client.supports_extension("auth"):
+        raise TransportError("server did not offer AUTH after TLS")
+    try:
+        await client.login(config.username, config.password.get_secret_value())
+    except SMTPAuthenticationError as exc:
+        reason = f"AUTH rejected: {exc.code}{_enhanced_status(exc.message)}"
+        raise TransportError(reason, smtp_code=exc.code) from None
+    except (SMTPException, OSError) as exc:
+        raise TransportError(f"AUTH failed: {type(exc).__name__}") from None
+
+
+def _enhanced_status(message: str) -> str:
+    match = _ENHANCED_STATUS.match(message or "")
+    return f" {match.group()}" if match else ""
+
+
+def _encode_content(data: bytes) -> bytes:
+    """Return the DATA payload: CRLF lines, dot-stuffed, then the end marker.
+
+    RFC 5321 section 4.5.2: a line that starts with "." gets one more "." so
+    the server does not read it as the end of the message.
+    """
+    lines = _LINE_BREAK.split(data)
+    if lines[-1] == b"":
+        lines.pop()
+    stuffed = (b"." + line if line.startswith(b".") else line for line in lines)
+    return b"".join(line + b"\r\n" for line in stuffed) + b".\r\n"
