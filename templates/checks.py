@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from jinja2 import TemplateSyntaxError, meta, nodes
+from jinja2 import TemplateNotFound, TemplateSyntaxError, meta, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from carepost.templates.environment import filter_names
@@ -63,7 +63,13 @@ def load_sources(
         name = pending.pop()
         if name in seen:
             continue
-        source, filename, _ = env.loader.get_source(env, name)
+        try:
+            source, filename, _ = env.loader.get_source(env, name)
+        except TemplateNotFound:
+            raise TemplateSpecError(
+                folder / start, None, f"'{name}' not found in the template folder",
+                hint="extends, include and import take paths inside the library",
+            ) from None
         path = Path(filename)
         seen[name] = SourceFile(name, path, source)
         tree = _parse(env, source, name, path)

@@ -12,6 +12,7 @@ import email.policy
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
+from email.errors import HeaderParseError
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime
@@ -127,7 +128,7 @@ def _address(header: str, addr_spec: str, display_name: str) -> Address:
         raise HeaderInjectionError(header, "address must be ASCII")
     try:
         address = Address(display_name=display_name, addr_spec=addr_spec)
-    except (ValueError, IndexError):
+    except (ValueError, IndexError, HeaderParseError):
         raise HeaderInjectionError(header, "expected exactly one valid address") from None
     if not address.username or not address.domain:
         raise HeaderInjectionError(header, "expected exactly one valid address")

@@ -127,10 +127,13 @@ class MessageTemplate:
         try:
             return template.render(context)
         except UndefinedError as exc:
+            # "'x' has no attribute 'y'" can quote a value used as a key, so
+            # only the "'name' is undefined" form is passed on.
             match = _UNDEFINED_NAME.fullmatch(exc.message or "")
-            name = match[1] if match and match[1] in self.fields else None
-            reason = "value is missing and the template has no fallback"
-            self._fail(profile_id, reason if name else f"undefined: {exc.message}", name)
+            if match and match[1] in self.fields:
+                reason = "value is missing and the template has no fallback"
+                self._fail(profile_id, reason, match[1])
+            self._fail(profile_id, "undefined variable, attribute or item")
         except OutputIsNone:
             self._fail(profile_id, "an expression printed None")
         except (SecurityError, FilterValueError) as exc:
