@@ -1,0 +1,184 @@
+"""The ``campaign`` Prefect flow: one campaign run, identified by its date.
+
+Parameters, run names and results carry campaign names, dates, ids and
+counts only. Tasks that touch PHI persist no result and use no cache, and
+an exception leaving a task is replaced by one that names the batch and
+the error type, never a value. Batch tasks are awaited on the flow's own
+event loop (not ``.submit``ted), so they share one pool of TLS
+connections; a semaphore bounds how many run at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+import uuid
+from collections import Counter
+from datetime import date
+from typing import Any
+
+import duckdb
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from carepost.connectors.files import load_export
+from carepost.connectors.jsonl_sink import JsonlSink
+from carepost.connectors.smtp import TlsSender
+from carepost.core.campaign import Campaign, load_campaigns
+from carepost.core.errors import CarepostError, ConfigError
+from carepost.core.schema import create_tables
+from carepost.core.settings import Settings, load_settings
+from carepost.flows.delivery import RunContext, deliver_batch
+from carepost.ledger import Ledger
+from carepost.segments import SegmentLibrary
+from carepost.templates import TemplateLibrary
+
+BATCHES_IN_FLIGHT = 2
+SUMMARY_STATES = ("sent", "dropped_no_tls", "suppressed", "render_failed",
+                  "bounced", "deferred", "already_done", "ambiguous")
+
+# Run resources by a per-execution token: tasks receive ids and look the
+# connections up here, because connections cannot be task parameters.
+_RUNS: dict[str, RunContext] = {}
+
+
+class BatchFailed(CarepostError):
+    """A batch task failed; the message names the batch and error type only."""
+
+
+def _sanitised(where: str, exc: BaseException) -> CarepostError:
+    if isinstance(exc, CarepostError):
+        return exc
+    return BatchFailed(f"{where} failed with {type(exc).__name__}",
+                       hint="run with CAREPOST_LOG_LEVEL=DEBUG locally to see more")
+
+
+@task(name="sync-source", persist_result=False, cache_policy=NO_CACHE)
+def sync_source(run_token: str) -> dict[str, int]:
+    run = _RUNS[run_token]
+    source = run.settings.source
+    try:
+        summary = load_export(run.warehouse, run.settings.path(source.profiles),
+                              run.settings.path(source.events))
+    except Exception as exc:
+        raise _sanitised("loading the source export", exc) from None
+    return {key: int(value) for key, value in dataclasses.asdict(summary).items()}
+
+
+@task(name="select-segment", persist_result=False, cache_policy=NO_CACHE)
+def select_segment(run_token: str) -> list[str]:
+    run = _RUNS[run_token]
+    library = SegmentLibrary(run.settings.path(run.settings.segments_dir))
+    try:
+        return library.select(run.warehouse, run.campaign.segment,
+                              as_of=run.run_date, stage=run.campaign.stage)
+    except Exception as exc:
+        raise _sanitised(f"segment {run.campaign.segment}", exc) from None
+
+
+@task(name="deliver-batch", task_run_name="{campaign}-{run_key}-batch-{batch_number}",
+      persist_result=False, cache_policy=NO_CACHE)
+async def deliver_batch_task(run_token: str, campaign: str, run_key: str,
+                             batch_number: int, profile_ids: list[str]
+                             ) -> dict[str, int]:
+    run = _RUNS[run_token]
+    try:
+        counts = await deliver_batch(run, profile_ids)
+    except Exception as exc:
+        raise _sanitised(f"batch {batch_number}", exc) from None
+    return dict(counts)
+
+
+@task(name="push-events", persist_result=False, cache_policy=NO_CACHE)
+def push_events(run_token: str) -> int:
+    """Push every pending outbox event to the CDP sink, oldest first."""
+    run = _RUNS[run_token]
+    sink = JsonlSink(run.settings.state_path / run.settings.sink.path)
+    pushed = 0
+    while events := run.ledger.pending_events(limit=1000):
+        sink.push(event.payload for event in events)
+        run.ledger.mark_pushed(event.event_id for event in events)
+        pushed += len(events)
+    return pushed
+
+
+def _resolve_campaign(settings: Settings, name: str) -> Campaign:
+    campaigns = load_campaigns(settings.path(settings.campaigns_dir))
+    if name not in campaigns:
+        known = ", ".join(campaigns) or "none"
+        raise ConfigError(f"campaign {name!r} not found",
+                          hint=f"configured campaigns: {known}")
+    return campaigns[name]
+
+
+def _open_run(settings: Settings, campaign: Campaign, run_date: date,
+              sender: TlsSender) -> RunContext:
+    templates = TemplateLibrary(settings.path(settings.templates_dir),
+                                settings.practice)
+    template = templates.get(campaign.template)
+    if template.purpose != campaign.purpose:
+        raise ConfigError(
+            f"campaign {campaign.name} has purpose {campaign.purpose.value} but "
+            f"template {template.name} declares {template.purpose.value}",
+            hint="make the two purposes agree",
+        )
+    warehouse = duckdb.connect(str(settings.warehouse_path))
+    create_tables(warehouse)
+    return RunContext(
+        settings=settings, campaign=campaign, template=template,
+        run_key=run_date.isoformat(), run_date=run_date,
+        ledger=Ledger(settings.ledger_url), warehouse=warehouse, sender=sender,
+        address_key=settings.address_hash_key,
+        token_keys={"k1": settings.tracking_secret},
+    )
+
+
+async def _deliver_all(run_token: str, run: RunContext, profile_ids: list[str],
+                       batch_size: int) -> Counter[str]:
+    gate = asyncio.Semaphore(BATCHES_IN_FLIGHT)
+
+    async def one(number: int, ids: list[str]) -> dict[str, int]:
+        async with gate:
+            return await deliver_batch_task(run_token, run.campaign.name,
+                                            run.run_key, number, ids)
+
+    batches = [profile_ids[i:i + batch_size]
+               for i in range(0, len(profile_ids), batch_size)]
+    results = await asyncio.gather(*(one(n, ids) for n, ids in enumerate(batches, 1)))
+    return sum((Counter(result) for result in results), Counter())
+
+
+@flow(name="campaign", flow_run_name="{campaign}-{run_date}", persist_result=False)
+async def campaign_flow(campaign: str, run_date: str) -> dict[str, Any]:
+    """Run one campaign for one date and return its summary counts."""
+    started = time.monotonic()
+    logger = get_run_logger()
+    settings = load_settings()
+    spec = _resolve_campaign(settings, campaign)
+    day = date.fromisoformat(run_date)
+    token = uuid.uuid4().hex
+
+    async with TlsSender(settings.smtp, password=settings.smtp.password()) as sender:
+        run = _open_run(settings, spec, day, sender)
+        _RUNS[token] = run
+        try:
+            loaded = sync_source(token)
+            logger.info("loaded %s", loaded)
+            profile_ids = select_segment(token)
+            logger.info("segment %s selected %d profiles", spec.segment,
+                        len(profile_ids))
+            counts = await _deliver_all(token, run, profile_ids, settings.batch_size)
+            pushed = push_events(token)
+        finally:
+            _RUNS.pop(token, None)
+            run.warehouse.close()
+            run.ledger.close()
+
+    summary: dict[str, Any] = {"campaign": campaign, "run_date": day.isoformat(),
+                               "segment_size": len(profile_ids)}
+    summary.update({state: counts.get(state, 0) for state in SUMMARY_STATES})
+    summary["events_pushed"] = pushed
+    summary["elapsed_seconds"] = round(time.monotonic() - started, 2)
+    logger.info("campaign %s run %s: %s", campaign, day, summary)
+    return summary

@@ -1,0 +1,168 @@
+"""The ``carepost`` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from carepost.core.campaign import load_campaigns
+from carepost.core.errors import CarepostError
+from carepost.core.settings import CONFIG_FILE, Settings, load_settings
+
+# Locals in a traceback may hold PHI, so tracebacks never show them.
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  pretty_exceptions_show_locals=False,
+                  help="carepost: CDP-to-email campaigns for healthcare.")
+console = Console()
+errors = Console(stderr=True)
+
+ConfigOption = Annotated[Path, typer.Option(
+    "--config", envvar="CAREPOST_CONFIG",
+    help="Project configuration file.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+VerboseOption = Annotated[bool, typer.Option("--verbose", "-v",
+                                             help="Log progress at INFO level.")]
+
+
+def _settings(config: Path) -> Settings:
+    try:
+        return load_settings(config)
+    except CarepostError as exc:
+        errors.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _fail(exc: CarepostError) -> None:
+    errors.print(f"[red]error:[/red] {exc}")
+    raise typer.Exit(1) from None
+
+
+@app.command()
+def campaigns(config: ConfigOption = Path(CONFIG_FILE)) -> None:
+    """Print the configured campaign names, one per line."""
+    settings = _settings(config)
+    try:
+        names = load_campaigns(settings.path(settings.campaigns_dir))
+    except CarepostError as exc:
+        _fail(exc)
+    for name in names:
+        typer.echo(name)
+
+
+@app.command()
+def run(
+    campaign: Annotated[str, typer.Argument(help="Campaign name (file name in campaigns/).")],
+    as_of: Annotated[Optional[str], typer.Option(
+        "--as-of", help="Run date, YYYY-MM-DD (default: today).")] = None,
+    config: ConfigOption = Path(CONFIG_FILE),
+    as_json: JsonOption = False,
+    verbose: VerboseOption = False,
+) -> None:
+    """Run one campaign for one date; re-running the same date sends nothing new."""
+    from carepost.flows.runner import configure_logging, prefect_session, run_campaign
+
+    configure_logging(verbose)
+    settings = _settings(config)
+    run_date = _parse_date(as_of) if as_of else date.today().isoformat()
+    try:
+        with prefect_session(settings):
+            summary = run_campaign(config.resolve(), campaign, run_date)
+    except CarepostError as exc:
+        _fail(exc)
+    if as_json:
+        typer.echo(json.dumps(summary))
+    else:
+        print_summaries([summary])
+
+
+@app.command()
+def demo(as_json: JsonOption = False, verbose: VerboseOption = False,
+         config: ConfigOption = Path(CONFIG_FILE)) -> None:
+    """Run every shipped campaign against an embedded STARTTLS server."""
+    from carepost.connectors.local_smtp import LocalTlsSmtpServer
+    from carepost.flows import demo as demo_module
+    from carepost.flows.runner import configure_logging, prefect_session, run_campaign
+
+    configure_logging(verbose)
+    settings = _settings(config)
+    paths = demo_module.prepare_demo(settings, config)
+    summaries: list[dict[str, Any]] = []
+    try:
+        with LocalTlsSmtpServer(paths.mailbox) as server, prefect_session(settings):
+            demo_module.write_demo_config(config, paths, server)
+            for name in demo_module.demo_campaigns(settings):
+                if not as_json:
+                    errors.print(f"running campaign [bold]{name}[/bold] "
+                                 f"as of {demo_module.DEMO_RUN_DATE} ...")
+                summaries.append(run_campaign(paths.config, name,
+                                              demo_module.DEMO_RUN_DATE))
+            rerun = run_campaign(paths.config, summaries[0]["campaign"],
+                                 demo_module.DEMO_RUN_DATE) if summaries else None
+    except CarepostError as exc:
+        _fail(exc)
+    if as_json:
+        typer.echo(json.dumps(summaries))
+        return
+    print_summaries(summaries)
+    if rerun is not None:
+        console.print(
+            f"Re-ran {rerun['campaign']} for {rerun['run_date']}: "
+            f"{rerun['sent']} new messages, {rerun['already_done']} already "
+            "settled in the ledger (a campaign run never sends twice).")
+    console.print(f"Delivered messages (Maildir): {paths.mailbox}")
+    console.print(f"Events pushed to the CDP sink: {paths.events}")
+    console.print(f"Delivery ledger (SQLite):      {paths.ledger}")
+
+
+def _parse_date(text: str) -> str:
+    try:
+        return date.fromisoformat(text).isoformat()
+    except ValueError:
+        errors.print(f"[red]error:[/red] --as-of {text!r} is not a date; "
+                     "use YYYY-MM-DD, for example 2024-02-15")
+        raise typer.Exit(2) from None
+
+
+# Summary keys and their column headings, narrow enough for 80 columns.
+_COLUMNS = {
+    "campaign": "campaign",
+    "segment_size": "segment",
+    "sent": "sent",
+    "dropped_no_tls": "no TLS",
+    "suppressed": "suppr.",
+    "render_failed": "render\nfailed",
+    "bounced": "bounced",
+    "deferred": "deferred",
+    "already_done": "already\nsent",
+    "ambiguous": "unknown",
+    "elapsed_seconds": "seconds",
+}
+
+
+def print_summaries(summaries: list[dict[str, Any]]) -> None:
+    dates = sorted({summary["run_date"] for summary in summaries})
+    table = Table(title=f"Campaign runs as of {', '.join(dates)}")
+    for key, heading in _COLUMNS.items():
+        table.add_column(heading, justify="left" if key == "campaign" else "right")
+    for summary in summaries:
+        table.add_row(*(str(summary.get(key, "")) for key in _COLUMNS))
+    console.print(table)
+    console.print("no TLS = dropped because the server offered no verified TLS 1.2+; "
+                  "suppr. = skipped by a send-time check (consent, deceased, "
+                  "suppression list, frequency cap); unknown = no reply after "
+                  "DATA, not resent.")
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    sys.exit(app())
+
+
+if __name__ == "__main__":  # pragma: no cover - python -m carepost.flows.cli
+    main()

@@ -1,0 +1,214 @@
+"""Deliver one batch of recipients: check -> claim -> render -> send -> settle.
+
+Plain async functions, so they are tested without Prefect; the Prefect
+task in ``flows/campaign.py`` is a thin wrapper. Each step is one concern:
+
+1. send-time checks (deceased, address, consent for the purpose,
+   suppression list, frequency cap): re-read at send time, never trusted
+   from segment time;
+2. claim the ledger row (idempotency key) so a re-run finds it;
+3. render; a missing field settles the row ``render_failed``;
+4. move the row to ``sending`` (committed) and hand it to the TLS sender;
+5. settle the row with the outcome and queue its CDP event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import duckdb
+
+from carepost.connectors.smtp import SendOutcome, TlsSender
+from carepost.core.campaign import Campaign
+from carepost.core.phi import PHI
+from carepost.core.settings import Settings
+from carepost.core.states import DeliveryState, Purpose
+from carepost.core.tokens import issue_token
+from carepost.flows.context import Recipient, load_recipients
+from carepost.ledger import ClaimStatus, Ledger, Settlement, hash_address, outbox_event
+from carepost.templates import (
+    Envelope,
+    HeaderInjectionError,
+    RenderFailed,
+    build_message,
+)
+
+log = logging.getLogger(__name__)
+
+# Events pushed back to the CDP for each final state.
+_EVENT_FOR_STATE = {
+    DeliveryState.SENT: "email_sent",
+    DeliveryState.DROPPED_NO_TLS: "email_dropped_no_tls",
+    DeliveryState.BOUNCED: "email_bounced",
+}
+
+
+@dataclass
+class RunContext:
+    """Everything a batch needs, built once per campaign run."""
+
+    settings: Settings
+    campaign: Campaign
+    template: Any
+    run_key: str
+    run_date: date
+    ledger: Ledger
+    warehouse: duckdb.DuckDBPyConnection
+    sender: TlsSender
+    address_key: bytes
+    token_keys: dict[str, bytes]
+
+
+def _skip_reason(run: RunContext, recipient: Recipient, address_hash: str | None
+                 ) -> str | None:
+    """Return why this recipient must not get this campaign, or None."""
+    purpose = run.campaign.purpose
+    if recipient.deceased:
+        return "deceased"
+    if recipient.address is None or address_hash is None:
+        return "no email address"
+    if purpose is Purpose.MARKETING and not recipient.consent_marketing:
+        return "no marketing consent"
+    if purpose is Purpose.CARE and not recipient.consent_contact:
+        return "no contact consent"
+    if run.ledger.is_suppressed(address_hash, purpose):
+        return "address on the suppression list"
+    cap = run.campaign.frequency_cap
+    if cap is not None:
+        since = datetime.now(UTC) - timedelta(days=cap.per_days)
+        sent = run.ledger.sent_since(recipient.profile_id, since, purpose=purpose,
+                                     excluding_run=run.run_key)
+        if sent >= cap.max_messages:
+            return "frequency cap reached"
+    return None
+
+
+def _message_id(run: RunContext, profile_id: str) -> str:
+    digest = hashlib.sha256(
+        f"{run.campaign.name}/{run.run_key}/{profile_id}".encode()
+    ).hexdigest()[:32]
+    domain = run.settings.sender.address.rpartition("@")[2]
+    return f"<{digest}@{domain}>"
+
+
+def _envelope(run: RunContext, recipient: Recipient, delivery_id: int,
+              message_id: str) -> Envelope:
+    token = issue_token(run.token_keys, delivery_id, "u")
+    base = run.settings.tracking.base_url.rstrip("/")
+    return Envelope(
+        from_address=run.settings.sender.address,
+        from_name=run.settings.sender.name,
+        to_address=recipient.address.reveal(),
+        message_id=message_id,
+        unsubscribe_url=f"{base}/u/{token}",
+        unsubscribe_post=True,
+        date=datetime.now(UTC),
+    )
+
+
+def _render(run: RunContext, recipient: Recipient, delivery_id: int,
+            message_id: str) -> bytes:
+    envelope = _envelope(run, recipient, delivery_id, message_id)
+    context: dict[str, Any] = dict(recipient.context)
+    # NOTE: a profile without a time zone gets the practice's; the ledger
+    # does not record that this fallback was used.
+    context.setdefault("timezone", PHI(run.settings.practice.timezone))
+    context["unsubscribe_url"] = envelope.unsubscribe_url
+    context["message_id"] = message_id
+    content = run.template.render(context, profile_id=recipient.profile_id)
+    return build_message(content, envelope)
+
+
+def _settle(run: RunContext, recipient: Recipient, delivery_id: int,
+            result: Settlement) -> str:
+    event_type = _EVENT_FOR_STATE.get(result.state)
+    events = []
+    if event_type is not None:
+        events.append(outbox_event(
+            event_type, delivery_id=delivery_id, campaign=run.campaign.name,
+            profile_id=recipient.profile_id,
+            properties={
+                "campaign": run.campaign.name,
+                "run": run.run_key,
+                "template": run.template.name,
+                "template_version": run.template.version,
+                "machine": False,
+                "reason": result.reason,
+            },
+        ))
+    run.ledger.settle(delivery_id, result, events)
+    return str(result.state)
+
+
+async def deliver_one(run: RunContext, recipient: Recipient) -> str:
+    """Take one recipient through every step and return the state it reached.
+
+    Besides delivery states, ``already_done`` means an earlier execution
+    settled this delivery and ``ambiguous`` that its outcome is unknown.
+    """
+    address_hash = (hash_address(run.address_key, recipient.address.reveal())
+                    if recipient.address is not None else None)
+    message_id = _message_id(run, recipient.profile_id)
+    claim = run.ledger.claim(
+        campaign=run.campaign.name, run_key=run.run_key,
+        profile_id=recipient.profile_id, purpose=run.campaign.purpose,
+        template=run.template.name, template_version=run.template.version,
+        message_id=message_id, address_hash=address_hash,
+    )
+    if claim.status is ClaimStatus.DONE:
+        return "already_done"
+    if claim.status is ClaimStatus.AMBIGUOUS:
+        log.warning("delivery %s to profile %s is in 'sending' from an earlier "
+                    "run; not resending", claim.delivery_id, recipient.profile_id)
+        return "ambiguous"
+
+    reason = _skip_reason(run, recipient, address_hash)
+    if reason is not None:
+        return _settle(run, recipient, claim.delivery_id,
+                       Settlement(DeliveryState.SUPPRESSED, reason=reason))
+
+    try:
+        data = _render(run, recipient, claim.delivery_id, message_id)
+    except (RenderFailed, HeaderInjectionError) as exc:
+        log.info("profile %s not rendered: %s", recipient.profile_id, exc)
+        return _settle(run, recipient, claim.delivery_id,
+                       Settlement(DeliveryState.RENDER_FAILED, reason=str(exc)))
+
+    if not run.ledger.begin_send(claim.delivery_id):
+        return "already_done"
+    outcome = await run.sender.send(
+        envelope_from=run.settings.sender.address,
+        recipient=recipient.address.reveal(), data=data,
+        profile_id=recipient.profile_id,
+    )
+    return _settle_outcome(run, recipient, claim.delivery_id, outcome)
+
+
+def _settle_outcome(run: RunContext, recipient: Recipient, delivery_id: int,
+                    outcome: SendOutcome) -> str:
+    if outcome.state is DeliveryState.SENDING:
+        # No reply after DATA: the row stays in 'sending' and is reported.
+        log.warning("delivery %s to profile %s has an unknown outcome: %s",
+                    delivery_id, recipient.profile_id, outcome.reason)
+        return "ambiguous"
+    return _settle(run, recipient, delivery_id, Settlement(
+        state=outcome.state, reason=outcome.reason, smtp_code=outcome.smtp_code,
+        tls_version=outcome.tls_version, tls_cipher=outcome.tls_cipher,
+        cert_sha256=outcome.cert_sha256,
+    ))
+
+
+async def deliver_batch(run: RunContext, profile_ids: list[str]) -> Counter[str]:
+    """Deliver to every profile of one batch; return this batch's counts."""
+    recipients = load_recipients(run.warehouse, profile_ids, run.run_date)
+    missing = len(profile_ids) - len(recipients)
+    if missing:
+        log.warning("%d profile ids of the batch are not in the warehouse", missing)
+    states = await asyncio.gather(*(deliver_one(run, r) for r in recipients))
+    return Counter(states)
