@@ -39,7 +39,7 @@ class LoopbackController(Controller):
     """aiosmtpd's threaded `Controller`, able to listen on an OS-chosen port.
 
     aiosmtpd 1.4 binds port 0 correctly but then opens its readiness probe
-    connection to port 0; this reads the bound port first.
+    connection to port 0, so this reads the bound port first.
     """
 
     def _trigger_server(self) -> None:
@@ -86,8 +86,8 @@ class LocalTlsSmtpServer:
     """Run a STARTTLS-required SMTP server on loopback that fills a Maildir.
 
     Use as a context manager or call `start` and `stop`. ``port=0`` lets
-    the operating system pick a free port; read the chosen one from
-    ``port`` after `start`.
+    the operating system pick a free port, and ``port`` returns the chosen
+    one after `start`.
     """
 
     def __init__(self, maildir: Path, host: str = "127.0.0.1", port: int = 0) -> None:
@@ -142,7 +142,7 @@ class LocalTlsSmtpServer:
         logger.info("local SMTP server listening on %s:%d", self.host, self.port)
 
     def stop(self) -> None:
-        """Stop the server and delete the throwaway CA; the Maildir stays."""
+        """Stop the server and delete the throwaway CA, keeping the Maildir."""
         controller, self._controller = self._controller, None
         if controller is None:
             return

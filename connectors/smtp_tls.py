@@ -82,9 +82,26 @@ def read_tls_details(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> TlsDetails:
 
 
 def describe_ssl_failure(error: BaseException) -> str:
-    """Describe a failed handshake in a short line without addresses."""
-    if isinstance(error, ssl.SSLCertVerificationError):
-        return f"certificate verification failed: {error.verify_message}"
-    if isinstance(error, ssl.SSLError):
-        return f"TLS handshake failed: {error.reason or type(error).__name__}"
+    """Describe a failed TLS upgrade in a short line without addresses.
+
+    Looks through the exception's causes, because aiosmtplib wraps the
+    ssl.SSLError, timeout or reset that actually ended the handshake.
+    """
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+
+    for item in chain:
+        if isinstance(item, ssl.SSLCertVerificationError):
+            return f"certificate verification failed: {item.verify_message}"
+        if isinstance(item, ssl.SSLError):
+            return f"TLS handshake failed: {item.reason or type(item).__name__}"
+    if any(isinstance(item, TimeoutError) for item in chain):
+        return "TLS handshake timed out"
+    if any(isinstance(item, ConnectionError) for item in chain):
+        # A server that cannot agree on a protocol version often just closes
+        # the connection, so the client never sees an alert.
+        return "TLS handshake failed: the server closed the connection"
     return f"TLS handshake failed: {type(error).__name__}"
