@@ -38,6 +38,12 @@ from carepost.segments.vocabulary import (
 from carepost.segments.yamlsource import KeyPath, SourceMap, describe_value
 
 ORDERING_OPERATORS = frozenset({"lt", "lte", "gt", "gte", "between"})
+_TYPE_WORDS = {
+    TraitType.TEXT: "text",
+    TraitType.NUMBER: "a number",
+    TraitType.BOOLEAN: "true or false",
+    TraitType.DATE: "a date such as 2024-01-31",
+}
 
 
 @dataclass(frozen=True)
@@ -140,7 +146,7 @@ class _Checker:
                 at = (*path, operator, index) if len(values) > 1 or isinstance(
                     value, list) else (*path, operator)
                 raise self.source.error(
-                    at, f"a {trait_type} value for trait '{node.trait}'",
+                    at, f"{_TYPE_WORDS[trait_type]} for trait '{node.trait}'",
                     describe_value(item))
         if operator == "between" and values[0] > values[1]:
             raise self.source.error((*path, "between"),

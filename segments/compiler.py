@@ -169,13 +169,17 @@ def _membership_sql(spec: SegmentSpec, stage: str | None,
         parts.append(node_sql(spec.where, builder))
         return _join(" AND ", parts)
 
-    stage_tests = [node_sql(stage.where, builder) for stage in spec.stages]
     if stage is None:
-        parts.append(_join(" OR ", stage_tests))
-    else:
-        index = [item.name for item in spec.stages].index(stage)
-        earlier = [f"NOT {test}" for test in stage_tests[:index]]
-        parts.extend([*earlier, stage_tests[index]])
+        tests = [node_sql(item.where, builder) for item in spec.stages]
+        parts.append(_join(" OR ", tests))
+        return _join(" AND ", parts)
+
+    # Compile only the stages up to the requested one: DuckDB rejects a
+    # bound parameter that the query does not use.
+    names = [item.name for item in spec.stages]
+    tests = [node_sql(item.where, builder)
+             for item in spec.stages[: names.index(stage) + 1]]
+    parts.extend([*(f"NOT {test}" for test in tests[:-1]), tests[-1]])
     return _join(" AND ", parts)
 
 

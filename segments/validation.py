@@ -30,7 +30,11 @@ def validate_spec(data: dict[str, Any], source: SourceMap) -> SegmentSpec:
     try:
         return SegmentSpec.model_validate(data)
     except ValidationError as exc:
-        raise to_spec_error(exc.errors()[0], data, source) from None
+        errors = exc.errors()
+        # An unknown key often explains a "missing key" error next to it
+        # (a misspelt ``descripton``), so report it first.
+        unknown = [error for error in errors if error["type"] == "extra_forbidden"]
+        raise to_spec_error((unknown or errors)[0], data, source) from None
 
 
 def to_spec_error(

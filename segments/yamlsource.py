@@ -134,8 +134,8 @@ def _mark(node: yaml.Node) -> tuple[int, int]:
 def _syntax_error(path: Path, exc: yaml.MarkedYAMLError) -> SegmentSpecError:
     mark = exc.problem_mark or exc.context_mark
     line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-    return SegmentSpecError(path, line, column, "", "valid YAML",
-                            exc.problem or "a syntax error")
+    problem = f"a syntax error: {exc.problem}" if exc.problem else "a syntax error"
+    return SegmentSpecError(path, line, column, "", "valid YAML", problem)
 
 
 def describe_value(value: Any) -> str:
