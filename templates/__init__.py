@@ -6,7 +6,11 @@
 RFC 5322 bytes to send. The shipped templates are in ``library/``.
 """
 
-from carepost.templates.errors import HeaderInjectionError, RenderFailed, TemplateSpecError
+from carepost.templates.errors import (
+    HeaderInjectionError,
+    RenderFailed,
+    TemplateSpecError,
+)
 from carepost.templates.library import TemplateLibrary
 from carepost.templates.mime import Envelope, RenderedContent, build_message
 from carepost.templates.rendering import MessageTemplate

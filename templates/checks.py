@@ -1,11 +1,11 @@
 """Checks run on every template source when the library loads.
 
-The sandbox stops unsafe attribute access while rendering; these checks
+The sandbox stops unsafe attribute access while rendering. These checks
 reject the same templates earlier, with the file and line, so a bad
-template cannot be published at all. They also enforce the front matter's
-promises: a template reads only the fields it declares, uses fallbacks
-only on optional fields, and keeps health information out of the subject
-and preheader.
+template cannot be published. They also enforce the front matter: a
+template reads only the fields it declares, uses fallbacks only on
+optional fields, and keeps health information out of the subject and
+preheader.
 """
 
 from __future__ import annotations
@@ -15,18 +15,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from jinja2 import TemplateNotFound, TemplateSyntaxError, meta, nodes
-from jinja2.sandbox import ImmutableSandboxedEnvironment
-
 from carepost.templates.environment import filter_names
 from carepost.templates.errors import TemplateSpecError
 from carepost.templates.spec import ENGINE_NAMES, TemplateSpec
+from jinja2 import TemplateNotFound, TemplateSyntaxError, meta, nodes
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 # The subject and preheader show on a lock screen, so they may address the
 # recipient by first name but must not name a condition or treatment.
 SUBJECT_NAMES = frozenset({"first_name", "practice"})
 # NOTE: this list catches common condition and treatment words in English
-# and Spanish; it cannot prove that a subject reveals nothing, so a person
+# and Spanish. It cannot prove that a subject reveals nothing, so a person
 # still reviews every new subject line.
 _CONDITION_WORDS = re.compile(
     r"\b(diabet\w*|prediabet\w*|insulin|a1c|glucose|hypertension|"
@@ -67,7 +66,9 @@ def load_sources(
             source, filename, _ = env.loader.get_source(env, name)
         except TemplateNotFound:
             raise TemplateSpecError(
-                folder / start, None, f"'{name}' not found in the template folder",
+                folder / start,
+                None,
+                f"'{name}' not found in the template folder",
                 hint="extends, include and import take paths inside the library",
             ) from None
         path = Path(filename)
@@ -76,7 +77,9 @@ def load_sources(
         for reference in meta.find_referenced_templates(tree):
             if reference is None:
                 raise TemplateSpecError(
-                    path, None, "template names in extends/include/import must be literal"
+                    path,
+                    None,
+                    "template names in extends/include/import must be literal",
                 )
             pending.append(reference)
     return [seen[name] for name in sorted(seen)]
@@ -91,7 +94,8 @@ def check_file(
     allowed = ENGINE_NAMES | set(spec.fields) | _top_level_names(tree)
     for name in sorted(meta.find_undeclared_variables(tree) - allowed):
         raise TemplateSpecError(
-            file.path, _first_use(tree, name),
+            file.path,
+            _first_use(tree, name),
             f"'{name}' is not a declared field of template '{spec.name}'",
             hint="add it to 'fields' in the front matter or remove it",
         )
@@ -107,7 +111,9 @@ def check_headline(
     used = meta.find_undeclared_variables(tree)
     for name in sorted(used - SUBJECT_NAMES):
         raise TemplateSpecError(
-            spec.path, line, f"'{key}' may not use '{name}'",
+            spec.path,
+            line,
+            f"'{key}' may not use '{name}'",
             hint="the subject and preheader show on lock screens; use only "
             "first_name and practice",
         )
@@ -117,7 +123,9 @@ def check_headline(
         match = _CONDITION_WORDS.search(text)
         if match:
             raise TemplateSpecError(
-                spec.path, line, f"'{key}' names a health condition ('{match[0]}')",
+                spec.path,
+                line,
+                f"'{key}' names a health condition ('{match[0]}')",
                 hint="keep health information in the body, not the subject",
             )
 
@@ -129,12 +137,14 @@ def _parse(
     path: Path,
     fixed_line: int | None = None,
 ) -> nodes.Template:
-    """Parse ``source``; a one-line source reports errors at ``fixed_line``."""
+    """Parse ``source``, reporting errors at ``fixed_line`` when it is given."""
     try:
         return env.parse(source, name, str(path))
     except TemplateSyntaxError as exc:
         line = fixed_line if fixed_line is not None else exc.lineno
-        raise TemplateSpecError(path, line, f"template syntax error: {exc.message}") from None
+        raise TemplateSpecError(
+            path, line, f"template syntax error: {exc.message}"
+        ) from None
 
 
 def _check_nodes(

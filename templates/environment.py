@@ -28,27 +28,74 @@ TEXT_SUFFIX = ".txt.j2"
 # reach attributes by name (attr, map, selectattr), mark text as trusted
 # (safe) or dump objects (pprint, tojson) are left out.
 _BUILTIN_FILTERS = (
-    "capitalize", "d", "default", "e", "escape", "first", "int", "join",
-    "last", "length", "lower", "replace", "round", "striptags", "title",
-    "trim", "truncate", "upper", "urlencode", "wordwrap",
+    "capitalize",
+    "d",
+    "default",
+    "e",
+    "escape",
+    "first",
+    "int",
+    "join",
+    "last",
+    "length",
+    "lower",
+    "replace",
+    "round",
+    "striptags",
+    "title",
+    "trim",
+    "truncate",
+    "upper",
+    "urlencode",
+    "wordwrap",
 )
 
 _MONTHS = {
-    "en": ("January", "February", "March", "April", "May", "June", "July",
-           "August", "September", "October", "November", "December"),
-    "es": ("enero", "febrero", "marzo", "abril", "mayo", "junio", "julio",
-           "agosto", "septiembre", "octubre", "noviembre", "diciembre"),
+    "en": (
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ),
+    "es": (
+        "enero",
+        "febrero",
+        "marzo",
+        "abril",
+        "mayo",
+        "junio",
+        "julio",
+        "agosto",
+        "septiembre",
+        "octubre",
+        "noviembre",
+        "diciembre",
+    ),
 }
 _WEEKDAYS = {
-    "en": ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday",
-           "Saturday", "Sunday"),
-    "es": ("lunes", "martes", "miércoles", "jueves", "viernes", "sábado",
-           "domingo"),
+    "en": (
+        "Monday",
+        "Tuesday",
+        "Wednesday",
+        "Thursday",
+        "Friday",
+        "Saturday",
+        "Sunday",
+    ),
+    "es": ("lunes", "martes", "miércoles", "jueves", "viernes", "sábado", "domingo"),
 }
 
 
 class OutputIsNone(TemplateRuntimeError):
-    """An expression printed ``None``; the finalize hook stops the render."""
+    """Error raised by the finalize hook when an expression prints ``None``."""
 
 
 class FilterValueError(TemplateRuntimeError):
@@ -58,9 +105,9 @@ class FilterValueError(TemplateRuntimeError):
 class LibraryLoader(FileSystemLoader):
     """Load one kind of file (HTML or text) from inside the library folder.
 
-    ``FileSystemLoader`` already rejects ``..`` in names; this also rejects
-    symlinks that resolve outside the folder, and blanks out front matter
-    so Jinja's line numbers still match the file.
+    ``FileSystemLoader`` already rejects ``..`` in names. This loader also
+    rejects symlinks that resolve outside the folder. It blanks out front
+    matter so that Jinja's line numbers still match the file.
     """
 
     def __init__(self, folder: Path, suffix: str) -> None:

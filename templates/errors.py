@@ -23,7 +23,12 @@ class TemplateSpecError(CarepostError):
     """A template, layout or partial in the library is invalid."""
 
     def __init__(
-        self, path: Path | str, line: int | None, problem: str, *, hint: str | None = None
+        self,
+        path: Path | str,
+        line: int | None,
+        problem: str,
+        *,
+        hint: str | None = None,
     ) -> None:
         self.path = Path(path)
         self.line = line

@@ -12,9 +12,6 @@ import hashlib
 import re
 from pathlib import Path
 
-from jinja2 import Template, TemplateError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
-
 from carepost.core.settings import Practice
 from carepost.templates.checks import check_file, check_headline, load_sources
 from carepost.templates.environment import (
@@ -27,6 +24,7 @@ from carepost.templates.environment import (
 from carepost.templates.errors import TemplateSpecError
 from carepost.templates.rendering import CompiledParts, MessageTemplate, practice_view
 from carepost.templates.spec import TemplateSpec, parse_spec
+from jinja2 import TemplateError
 
 _NAME = re.compile(r"[a-z][a-z0-9_]*\Z")
 _VERSION_LENGTH = 12
@@ -59,7 +57,9 @@ class TemplateLibrary:
             return self._templates[name]
         except KeyError:
             raise TemplateSpecError(
-                self.folder, None, f"no template named '{name}'",
+                self.folder,
+                None,
+                f"no template named '{name}'",
                 hint=f"available: {', '.join(self.names())}",
             ) from None
 
@@ -70,7 +70,9 @@ class TemplateLibrary:
         name = path.name.removesuffix(HTML_SUFFIX)
         if not _NAME.match(name):
             raise TemplateSpecError(
-                path, None, f"invalid template name '{name}'",
+                path,
+                None,
+                f"invalid template name '{name}'",
                 hint="use lower-case letters, digits and underscores",
             )
         raw = path.read_text(encoding="utf-8")
@@ -95,7 +97,9 @@ class TemplateLibrary:
     def _check_text_file(self, text_path: Path) -> None:
         if not text_path.is_file():
             raise TemplateSpecError(
-                text_path, None, "text part not found",
+                text_path,
+                None,
+                "text part not found",
                 hint="every NAME.html.j2 needs a NAME.txt.j2 next to it",
             )
         front, _ = split_front_matter(text_path.read_text(encoding="utf-8"))
@@ -107,16 +111,14 @@ class TemplateLibrary:
     def _compile(self, spec: TemplateSpec) -> CompiledParts:
         try:
             return CompiledParts(
-                subject=self._from_string(self._text_env, spec.subject),
-                preheader=self._from_string(self._text_env, spec.preheader),
+                subject=self._text_env.from_string(spec.subject),
+                preheader=self._text_env.from_string(spec.preheader),
                 html=self._html_env.get_template(spec.name + HTML_SUFFIX),
                 text=self._text_env.get_template(spec.name + TEXT_SUFFIX),
             )
         except TemplateError as exc:
             raise TemplateSpecError(
-                spec.path, getattr(exc, "lineno", None), f"cannot compile: {exc.message}"
+                spec.path,
+                getattr(exc, "lineno", None),
+                f"cannot compile: {exc.message}",
             ) from None
-
-    @staticmethod
-    def _from_string(env: ImmutableSandboxedEnvironment, source: str) -> Template:
-        return env.from_string(source)

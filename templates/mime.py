@@ -47,7 +47,7 @@ class RenderedContent:
 
 @dataclass(frozen=True)
 class Envelope:
-    """Who the message is from and to, and its per-message headers."""
+    """Sender, recipient and per-message headers of one message."""
 
     from_address: str = field(repr=False)
     from_name: str
@@ -61,7 +61,9 @@ class Envelope:
 def check_header_value(header: str, value: str) -> None:
     """Raise ``HeaderInjectionError`` if ``value`` is not one clean line."""
     if _CONTROL.search(value):
-        raise HeaderInjectionError(header, "contains CR, LF or another control character")
+        raise HeaderInjectionError(
+            header, "contains CR, LF or another control character"
+        )
 
 
 def build_message(content: RenderedContent, envelope: Envelope) -> bytes:
@@ -80,7 +82,9 @@ def build_message(content: RenderedContent, envelope: Envelope) -> bytes:
         message.set_raw("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")
 
     message.set_content(
-        _text_body(content.text), subtype="plain", charset="utf-8",
+        _text_body(content.text),
+        subtype="plain",
+        charset="utf-8",
         cte="quoted-printable",
     )
     message.add_alternative(
@@ -113,12 +117,17 @@ def _check_unsubscribe(content: RenderedContent, envelope: Envelope) -> None:
     url = envelope.unsubscribe_url
     if not url.startswith("https://") or len(url) > _MAX_URL_LENGTH:
         raise HeaderInjectionError(
-            "List-Unsubscribe", f"expected an https URL of at most {_MAX_URL_LENGTH} characters"
+            "List-Unsubscribe",
+            f"expected an https URL of at most {_MAX_URL_LENGTH} characters",
         )
     if any(character in url for character in "<>, "):
-        raise HeaderInjectionError("List-Unsubscribe", "URL contains <, >, comma or space")
+        raise HeaderInjectionError(
+            "List-Unsubscribe", "URL contains <, >, comma or space"
+        )
     if content.purpose is Purpose.MARKETING and not envelope.unsubscribe_post:
-        raise ValueError("marketing messages must offer one-click unsubscribe (RFC 8058)")
+        raise ValueError(
+            "marketing messages must offer one-click unsubscribe (RFC 8058)"
+        )
 
 
 def _address(header: str, addr_spec: str, display_name: str) -> Address:
@@ -129,7 +138,9 @@ def _address(header: str, addr_spec: str, display_name: str) -> Address:
     try:
         address = Address(display_name=display_name, addr_spec=addr_spec)
     except (ValueError, IndexError, HeaderParseError):
-        raise HeaderInjectionError(header, "expected exactly one valid address") from None
+        raise HeaderInjectionError(
+            header, "expected exactly one valid address"
+        ) from None
     if not address.username or not address.domain:
         raise HeaderInjectionError(header, "expected exactly one valid address")
     return address

@@ -24,7 +24,6 @@ from types import MappingProxyType
 from typing import Any
 
 import yaml
-
 from carepost.core.states import Purpose
 from carepost.templates.errors import TemplateSpecError
 
@@ -69,7 +68,9 @@ def parse_spec(name: str, path: Path, front: str | None) -> TemplateSpec:
     """Parse and validate the front matter of the template file ``path``."""
     if front is None:
         raise TemplateSpecError(
-            path, 1, "missing front matter",
+            path,
+            1,
+            "missing front matter",
             hint="start the file with '---', the YAML keys, then '---'",
         )
     raw, lines = _load_yaml(path, front)
@@ -95,9 +96,13 @@ def _load_yaml(path: Path, front: str) -> tuple[dict[str, Any], dict[str, int]]:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + _FIRST_YAML_LINE if mark is not None else None
         problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise TemplateSpecError(path, line, f"front matter is not valid YAML: {problem}")
+        raise TemplateSpecError(
+            path, line, f"front matter is not valid YAML: {problem}"
+        ) from None
     if not isinstance(raw, dict) or not isinstance(node, yaml.MappingNode):
-        raise TemplateSpecError(path, _FIRST_YAML_LINE, "front matter must be a mapping")
+        raise TemplateSpecError(
+            path, _FIRST_YAML_LINE, "front matter must be a mapping"
+        )
     lines = {
         str(key.value): key.start_mark.line + _FIRST_YAML_LINE for key, _ in node.value
     }
@@ -108,7 +113,9 @@ def _check_keys(path: Path, raw: dict[str, Any], lines: dict[str, int]) -> None:
     for key in raw:
         if key not in _KEYS:
             raise TemplateSpecError(
-                path, lines.get(str(key)), f"unknown key '{key}'",
+                path,
+                lines.get(str(key)),
+                f"unknown key '{key}'",
                 hint=f"expected one of: {', '.join(_KEYS)}",
             )
     for key in _REQUIRED_KEYS:
@@ -141,7 +148,9 @@ def _fields(path: Path, value: object, line: int | None) -> tuple[str, ...]:
     for item in value:
         if not isinstance(item, str) or not _IDENTIFIER.match(item):
             raise TemplateSpecError(
-                path, line, f"invalid field name {item!r}",
+                path,
+                line,
+                f"invalid field name {item!r}",
                 hint="use lower-case letters, digits and underscores",
             )
         if item in ENGINE_NAMES:
@@ -164,7 +173,9 @@ def _defaults(
     for key, fallback in value.items():
         if key not in fields:
             raise TemplateSpecError(
-                path, line, f"default for '{key}', which is not in fields",
+                path,
+                line,
+                f"default for '{key}', which is not in fields",
                 hint="declare the field in 'fields' or remove its default",
             )
         if fallback is not None and not isinstance(fallback, str):

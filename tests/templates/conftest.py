@@ -9,7 +9,6 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 
 import pytest
-
 from carepost.core.phi import PHI
 from carepost.core.settings import Practice
 from carepost.templates import TemplateLibrary
@@ -73,7 +72,9 @@ def front_matter(
 def write_library(tmp_path: Path, practice: Practice) -> WriteLibrary:
     """Write one template pair ``sample`` and load the folder."""
 
-    def write(html: str, text: str = "{{ practice.name }}\n", **front: str) -> TemplateLibrary:
+    def write(
+        html: str, text: str = "{{ practice.name }}\n", **front: str
+    ) -> TemplateLibrary:
         folder = tmp_path / "library"
         folder.mkdir(exist_ok=True)
         head = front_matter(**front)

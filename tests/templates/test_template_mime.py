@@ -8,9 +8,8 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from email.message import EmailMessage
 
-import pytest
-
 import carepost.templates
+import pytest
 from carepost.core.phi import PHI
 from carepost.core.states import Purpose
 from carepost.templates import (
@@ -20,7 +19,6 @@ from carepost.templates import (
     TemplateLibrary,
     build_message,
 )
-
 from conftest import WriteLibrary
 
 ENVELOPE = Envelope(
@@ -33,7 +31,10 @@ ENVELOPE = Envelope(
     date=datetime(2025, 1, 14, 16, 0, tzinfo=timezone.utc),
 )
 CONTENT = RenderedContent(
-    subject="Sam, hello", preheader="p", html="<p>Hi</p>", text="Hi\n",
+    subject="Sam, hello",
+    preheader="p",
+    html="<p>Hi</p>",
+    text="Hi\n",
     purpose=Purpose.MARKETING,
 )
 
@@ -89,7 +90,8 @@ def test_headers(shipped: TemplateLibrary, profile: dict[str, object]) -> None:
     assert message["List-Unsubscribe"] == "<https://links.example.test/u/tok123>"
     assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert len(message.get_all("To") or []) == 1
-    assert b"\r\nCc:" not in raw and b"\r\nBcc:" not in raw
+    assert b"\r\nCc:" not in raw
+    assert b"\r\nBcc:" not in raw
 
 
 def test_parts_are_utf8_quoted_printable() -> None:
@@ -115,7 +117,8 @@ def test_long_html_line_wrapped() -> None:
     )
     html = "<table><tr><td>" + links + "</td></tr></table>"
     html = html + "x" * (5000 - len(html))
-    assert len(html) == 5000 and "\n" not in html
+    assert len(html) == 5000
+    assert "\n" not in html
     raw = build_message(replace(CONTENT, html=html), ENVELOPE)
 
     assert max(len(line) for line in wire_lines(raw)) <= 998
@@ -123,7 +126,10 @@ def test_long_html_line_wrapped() -> None:
     body = decoded(parse(raw).get_body(("html",)))
     assert body.rstrip("\n") == html
     for i in range(60):
-        assert f'href="https://links.example.test/c/{i:04d}?u=tok&amp;v=abcdefghij"' in body
+        assert (
+            f'href="https://links.example.test/c/{i:04d}?u=tok&amp;v=abcdefghij"'
+            in body
+        )
 
 
 def test_long_unsubscribe_url_not_encoded() -> None:
@@ -189,7 +195,9 @@ def test_care_without_one_click_header() -> None:
 
 def test_http_unsubscribe_rejected() -> None:
     with pytest.raises(HeaderInjectionError, match="https"):
-        build_message(CONTENT, replace(ENVELOPE, unsubscribe_url="http://u.example.test/"))
+        build_message(
+            CONTENT, replace(ENVELOPE, unsubscribe_url="http://u.example.test/")
+        )
 
 
 def test_naive_date_rejected() -> None:
@@ -203,8 +211,14 @@ def test_envelope_repr_hides_addresses() -> None:
 
 def test_public_api() -> None:
     assert sorted(carepost.templates.__all__) == [
-        "Envelope", "HeaderInjectionError", "MessageTemplate", "RenderFailed",
-        "RenderedContent", "TemplateLibrary", "TemplateSpecError", "build_message",
+        "Envelope",
+        "HeaderInjectionError",
+        "MessageTemplate",
+        "RenderFailed",
+        "RenderedContent",
+        "TemplateLibrary",
+        "TemplateSpecError",
+        "build_message",
     ]
     for name in carepost.templates.__all__:
         assert hasattr(carepost.templates, name)
@@ -213,10 +227,13 @@ def test_public_api() -> None:
 def test_template_without_fields(write_library: WriteLibrary) -> None:
     library = write_library("<p>{{ practice.name }}</p>\n", fields="[]")
     raw = build_message(
-        replace(library.get("sample").render(
-            {"unsubscribe_url": "https://u.example.test/x", "message_id": "<a@b>"},
-            profile_id="p1",
-        ), purpose=Purpose.CARE),
+        replace(
+            library.get("sample").render(
+                {"unsubscribe_url": "https://u.example.test/x", "message_id": "<a@b>"},
+                profile_id="p1",
+            ),
+            purpose=Purpose.CARE,
+        ),
         ENVELOPE,
     )
     assert parse(raw).defects == []

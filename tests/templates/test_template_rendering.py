@@ -5,17 +5,18 @@ from __future__ import annotations
 import email
 import email.policy
 import math
+import shutil
 from datetime import date, datetime, timezone
+from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from carepost.core.phi import PHI
+from carepost.core.settings import Practice
 from carepost.core.states import Purpose
 from carepost.templates import RenderFailed, TemplateLibrary, TemplateSpecError
 from carepost.templates.rendering import is_missing
-
-from conftest import WriteLibrary
+from conftest import SHIPPED, WriteLibrary
 
 SUBJECTS = {
     "diabetes_education": "Sam, a free class to help you stay well",
@@ -57,18 +58,13 @@ def test_version_is_short_hash(shipped: TemplateLibrary) -> None:
 
 
 def test_version_follows_layout(
-    tmp_path: object, practice: object, shipped: TemplateLibrary
+    tmp_path: Path, practice: Practice, shipped: TemplateLibrary
 ) -> None:
-    import shutil
-    from pathlib import Path
-
-    from conftest import SHIPPED
-
-    copy = Path(str(tmp_path)) / "copy"
+    copy = tmp_path / "copy"
     shutil.copytree(SHIPPED, copy)
     layout = copy / "layouts" / "base.html.j2"
     layout.write_text(layout.read_text() + "\n", "utf-8")
-    changed = TemplateLibrary(copy, practice)  # type: ignore[arg-type]
+    changed = TemplateLibrary(copy, practice)
 
     for name in shipped.names():
         assert changed.get(name).version != shipped.get(name).version
@@ -130,8 +126,11 @@ def test_missing_values_use_default(write_library: WriteLibrary, value: object) 
         defaults="first_name: null",
     )
     content = library.get("sample").render(
-        {"first_name": value, "unsubscribe_url": "https://u.example.test/x",
-         "message_id": "<a@b>"},
+        {
+            "first_name": value,
+            "unsubscribe_url": "https://u.example.test/x",
+            "message_id": "<a@b>",
+        },
         profile_id="p1",
     )
     assert content.text.strip() == "Hi there,"
@@ -152,12 +151,17 @@ def test_missing_values_use_declared_default(
 
 
 @pytest.mark.parametrize("value", [None, float("nan"), pd.NA, pd.NaT, ""])
-def test_missing_required_value_fails(write_library: WriteLibrary, value: object) -> None:
+def test_missing_required_value_fails(
+    write_library: WriteLibrary, value: object
+) -> None:
     library = write_library("Hi {{ first_name }},\n")
     with pytest.raises(RenderFailed) as caught:
         library.get("sample").render(
-            {"first_name": value, "unsubscribe_url": "https://u.example.test/x",
-             "message_id": "<a@b>"},
+            {
+                "first_name": value,
+                "unsubscribe_url": "https://u.example.test/x",
+                "message_id": "<a@b>",
+            },
             profile_id="p1",
         )
     assert caught.value.field == "first_name"
@@ -173,7 +177,7 @@ def test_is_missing_keeps_real_values() -> None:
 
 def test_printing_none_fails(write_library: WriteLibrary) -> None:
     library = write_library(
-        '{{ first_name | default(none) }}\n', defaults="first_name: null"
+        "{{ first_name | default(none) }}\n", defaults="first_name: null"
     )
     with pytest.raises(RenderFailed, match="printed None"):
         library.get("sample").render(
@@ -188,8 +192,11 @@ def test_failure_message_has_no_value(write_library: WriteLibrary) -> None:
     marker = "Zebulon-Marker"
     with pytest.raises(RenderFailed) as caught:
         library.get("sample").render(
-            {"first_name": PHI(marker), "unsubscribe_url": "https://u.example.test/x",
-             "message_id": "<a@b>"},
+            {
+                "first_name": PHI(marker),
+                "unsubscribe_url": "https://u.example.test/x",
+                "message_id": "<a@b>",
+            },
             profile_id="p1",
         )
     assert marker not in str(caught.value)
@@ -204,7 +211,7 @@ def test_html_escapes_profile_markup(
     content = shipped.get("checkup_reminder").render(profile, profile_id="p17")
 
     assert "&lt;a href=" in content.html
-    assert "evil.example.test/login\">Confirm" not in content.html
+    assert 'evil.example.test/login">Confirm' not in content.html
     assert link in content.text
 
 
@@ -226,7 +233,9 @@ def test_undeclared_field_dropped_at_render(
     assert set(context) == {"practice", "unsubscribe_url", "message_id", "first_name"}
 
 
-def test_spanish_month_names(shipped: TemplateLibrary, profile: dict[str, object]) -> None:
+def test_spanish_month_names(
+    shipped: TemplateLibrary, profile: dict[str, object]
+) -> None:
     profile["language"] = "es-MX"
     checkup = shipped.get("checkup_reminder").render(profile, profile_id="p17")
     missed = shipped.get("missed_appointment").render(profile, profile_id="p17")
@@ -257,7 +266,9 @@ def test_missed_time_other_zone(
     assert "Tuesday, July 1, 2025 at 8:00 AM PDT" in content.text
 
 
-def test_naive_datetime_fails(shipped: TemplateLibrary, profile: dict[str, object]) -> None:
+def test_naive_datetime_fails(
+    shipped: TemplateLibrary, profile: dict[str, object]
+) -> None:
     profile["missed_appointment_at"] = datetime(2025, 1, 14, 15, 0)
     with pytest.raises(RenderFailed, match="no time zone"):
         shipped.get("missed_appointment").render(profile, profile_id="p17")
@@ -287,9 +298,12 @@ def test_parses_back_without_defects(
 
     content = shipped.get("diabetes_education").render(profile, profile_id="p17")
     envelope = Envelope(
-        from_address="news@lakeside.example.test", from_name="Lakeside Family Clinic",
-        to_address="sam@example.org", message_id="<run7.p17@carepost.localhost>",
-        unsubscribe_url="https://links.example.test/u/tok123", unsubscribe_post=True,
+        from_address="news@lakeside.example.test",
+        from_name="Lakeside Family Clinic",
+        to_address="sam@example.org",
+        message_id="<run7.p17@carepost.localhost>",
+        unsubscribe_url="https://links.example.test/u/tok123",
+        unsubscribe_post=True,
         date=datetime(2025, 1, 14, 16, 0, tzinfo=timezone.utc),
     )
     parsed = email.message_from_bytes(
