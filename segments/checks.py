@@ -62,8 +62,11 @@ def check_spec(spec: SegmentSpec, source: SourceMap) -> list[Reference]:
     for path, node in roots(spec):
         checker.walk(node, path)
     if spec.kind is SegmentKind.BEHAVIOUR and not checker.saw_event:
-        raise source.error(("where",), "at least one event condition in a "
-                           "behaviour segment", "only trait conditions")
+        raise source.error(
+            ("where",),
+            "at least one event condition in a behaviour segment",
+            "only trait conditions",
+        )
     return checker.references
 
 
@@ -90,8 +93,11 @@ class _Checker:
         for name in self.spec.traits:
             if name in BUILT_IN_TRAITS or name in PROFILE_COLUMNS:
                 raise self.source.error(
-                    ("traits", name), "a name that is not a built-in trait",
-                    f"'{name}'", of_key=True)
+                    ("traits", name),
+                    "a name that is not a built-in trait",
+                    f"'{name}'",
+                    of_key=True,
+                )
 
     def walk(self, node: Node, path: KeyPath) -> None:
         if isinstance(node, AllNode | AnyNode):
@@ -117,46 +123,63 @@ class _Checker:
         known = sorted(BUILT_IN_TRAITS | set(self.spec.traits))
         if node.trait not in known:
             raise self.source.error(
-                (*path, "trait"), "a known trait or one declared under traits",
-                f"'{node.trait}'", suggest(node.trait, known))
+                (*path, "trait"),
+                "a known trait or one declared under traits",
+                f"'{node.trait}'",
+                suggest(node.trait, known),
+            )
 
         operator = node.operator()
         if (node.trait == CONDITIONS_TRAIT) != (operator == "contains"):
             raise self.source.error(
-                (*path, operator), "contains with trait conditions, and "
-                "conditions only with contains", f"{operator} on '{node.trait}'")
+                (*path, operator),
+                "contains with trait conditions, and conditions only with contains",
+                f"{operator} on '{node.trait}'",
+            )
         if operator in ("contains", "exists"):
             return
 
         trait_type = self.trait_type(node.trait)
         assert trait_type is not None
         if operator in ORDERING_OPERATORS and trait_type in (
-                TraitType.TEXT, TraitType.BOOLEAN):
+            TraitType.TEXT,
+            TraitType.BOOLEAN,
+        ):
             raise self.source.error(
-                (*path, operator), f"equals, not_equals, in or not_in for the "
-                f"{trait_type} trait '{node.trait}'", operator)
+                (*path, operator),
+                f"equals, not_equals, in or not_in for the "
+                f"{trait_type} trait '{node.trait}'",
+                operator,
+            )
         self.check_values(node, operator, trait_type, path)
 
-    def check_values(self, node: TraitNode, operator: str,
-                     trait_type: TraitType, path: KeyPath) -> None:
+    def check_values(
+        self, node: TraitNode, operator: str, trait_type: TraitType, path: KeyPath
+    ) -> None:
         value = node.operator_value()
         values = list(value) if isinstance(value, list | tuple) else [value]
         for index, item in enumerate(values):
             if not _fits(item, trait_type):
-                at = (*path, operator, index) if len(values) > 1 or isinstance(
-                    value, list) else (*path, operator)
+                listed = isinstance(value, list | tuple)
+                at = (*path, operator, index) if listed else (*path, operator)
                 raise self.source.error(
-                    at, f"{_TYPE_WORDS[trait_type]} for trait '{node.trait}'",
-                    describe_value(item))
+                    at,
+                    f"{_TYPE_WORDS[trait_type]} for trait '{node.trait}'",
+                    describe_value(item),
+                )
         if operator == "between" and values[0] > values[1]:
-            raise self.source.error((*path, "between"),
-                                    "the smaller bound first", "a larger bound first")
+            raise self.source.error(
+                (*path, "between"), "the smaller bound first", "a larger bound first"
+            )
 
     def check_event(self, node: EventNode | FollowNode, path: KeyPath) -> None:
         if node.event not in EVENT_TYPES:
             raise self.source.error(
-                (*path, "event"), "a known event type", f"'{node.event}'",
-                suggest(node.event, EVENT_TYPES))
+                (*path, "event"),
+                "a known event type",
+                f"'{node.event}'",
+                suggest(node.event, EVENT_TYPES),
+            )
         for name, value in node.where.items():
             self.check_property(node.event, name, (*path, "where", name))
             self.check_property_value(value, (*path, "where", name))
@@ -176,17 +199,24 @@ class _Checker:
             return
         if known is None or name not in known:
             raise self.source.error(
-                path, f"a property of {event_type} events", f"'{name}'",
-                suggest(name, known or []), of_key=isinstance(path[-1], str))
+                path,
+                f"a property of {event_type} events",
+                f"'{name}'",
+                suggest(name, known or []),
+                of_key=isinstance(path[-1], str),
+            )
 
     def check_property_value(self, value: Any, path: KeyPath) -> None:
         values = value if isinstance(value, list) else [value]
         if not values:
-            raise self.source.error(path, "a value or a non-empty list", "an empty list")
+            raise self.source.error(
+                path, "a value or a non-empty list", "an empty list"
+            )
         for item in values:
             if isinstance(item, float | date):
-                raise self.source.error(path, "text, a whole number or true/false",
-                                        describe_value(item))
+                raise self.source.error(
+                    path, "text, a whole number or true/false", describe_value(item)
+                )
 
 
 def _fits(value: Any, trait_type: TraitType) -> bool:

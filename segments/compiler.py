@@ -2,9 +2,9 @@
 
 Rules the generated SQL keeps:
 
-- Every value from a spec is a bound parameter (``$p0``, ``$p1``, ...);
-  the SQL text holds only keywords, the aliases made here, column names
-  from ``vocabulary.PROFILE_TRAITS`` and function names from
+- Every value from a spec is a bound parameter (``$p0``, ``$p1``, ...).
+  The SQL text contains only keywords, the aliases made here, column
+  names from ``vocabulary.PROFILE_TRAITS`` and function names from
   ``vocabulary.WINDOW_UNITS``.
 - The run date is the ``$as_of`` parameter. The run counts as happening at
   the end of that UTC day, so an event on the run date counts and an event
@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
+from carepost.segments.events import event_condition
 from carepost.segments.spec import (
     AllNode,
     AnyNode,
@@ -37,7 +38,6 @@ from carepost.segments.spec import (
     SegmentSpec,
     TraitNode,
 )
-from carepost.segments.events import event_condition
 from carepost.segments.vocabulary import (
     AGE_TRAIT,
     PROFILE_TRAITS,
@@ -48,17 +48,26 @@ AS_OF = "CAST($as_of AS DATE)"
 RUN_END = f"({AS_OF} + INTERVAL 1 DAY)"
 ALIVE = f"(p.deceased_at IS NULL OR timezone('UTC', p.deceased_at) >= {RUN_END})"
 
-_COMPARISONS = {"equals": "=", "not_equals": "<>", "lt": "<", "lte": "<=",
-                "gt": ">", "gte": ">="}
-_JSON_CASTS = {TraitType.NUMBER: "DOUBLE", TraitType.BOOLEAN: "BOOLEAN",
-               TraitType.DATE: "DATE"}
+_COMPARISONS = {
+    "equals": "=",
+    "not_equals": "<>",
+    "lt": "<",
+    "lte": "<=",
+    "gt": ">",
+    "gte": ">=",
+}
+_JSON_CASTS = {
+    TraitType.NUMBER: "DOUBLE",
+    TraitType.BOOLEAN: "BOOLEAN",
+    TraitType.DATE: "DATE",
+}
 
 
 @dataclass(frozen=True)
 class CompiledSegment:
     """One query and its bound values, except the run date.
 
-    ``params`` holds the spec's values by parameter name. Call ``bind`` to
+    ``params`` maps parameter names to the spec's values. Call ``bind`` to
     add the run date before executing ``sql``.
     """
 
@@ -105,28 +114,40 @@ def compile_segment(
     if spec.stages is None:
         assert spec.where is not None
         filters.append(node_sql(spec.where, builder))
-        sql = ("SELECT p.profile_id\nFROM profiles AS p\nWHERE "
-               + "\n  AND ".join(filters) + "\nORDER BY p.profile_id")
+        sql = (
+            "SELECT p.profile_id\nFROM profiles AS p\nWHERE "
+            + "\n  AND ".join(filters)
+            + "\nORDER BY p.profile_id"
+        )
         return CompiledSegment(sql, builder.params)
-    return CompiledSegment(_lifecycle_sql(spec, builder, filters, stage),
-                           builder.params)
+    return CompiledSegment(
+        _lifecycle_sql(spec, builder, filters, stage), builder.params
+    )
 
 
-def _lifecycle_sql(spec: SegmentSpec, builder: SqlBuilder, filters: list[str],
-                   stage: str | None) -> str:
+def _lifecycle_sql(
+    spec: SegmentSpec, builder: SqlBuilder, filters: list[str], stage: str | None
+) -> str:
     assert spec.stages is not None
     branches = [
         f"    WHEN {node_sql(item.where, builder)} THEN {builder.bind(item.name)}"
         for item in spec.stages
     ]
-    staged = ("SELECT p.profile_id,\n  CASE\n" + "\n".join(branches)
-              + "\n  END AS stage\nFROM profiles AS p\nWHERE "
-              + "\n  AND ".join(filters))
+    staged = (
+        "SELECT p.profile_id,\n  CASE\n"
+        + "\n".join(branches)
+        + "\n  END AS stage\nFROM profiles AS p\nWHERE "
+        + "\n  AND ".join(filters)
+    )
     if stage is None:
-        return (f"SELECT profile_id, stage\nFROM ({staged}) AS staged\n"
-                "WHERE stage IS NOT NULL\nORDER BY profile_id")
-    return (f"SELECT profile_id\nFROM ({staged}) AS staged\n"
-            f"WHERE stage = {builder.bind(stage)}\nORDER BY profile_id")
+        return (
+            f"SELECT profile_id, stage\nFROM ({staged}) AS staged\n"
+            "WHERE stage IS NOT NULL\nORDER BY profile_id"
+        )
+    return (
+        f"SELECT profile_id\nFROM ({staged}) AS staged\n"
+        f"WHERE stage = {builder.bind(stage)}\nORDER BY profile_id"
+    )
 
 
 def node_sql(node: Node, builder: SqlBuilder) -> str:
@@ -159,8 +180,7 @@ def _in_segment_sql(node: InSegmentNode, builder: SqlBuilder) -> str:
         builder.declared = outer_declared
 
 
-def _membership_sql(spec: SegmentSpec, stage: str | None,
-                    builder: SqlBuilder) -> str:
+def _membership_sql(spec: SegmentSpec, stage: str | None, builder: SqlBuilder) -> str:
     parts = []
     if spec.exclude is not None:
         parts.append(f"NOT {node_sql(spec.exclude, builder)}")
@@ -177,8 +197,9 @@ def _membership_sql(spec: SegmentSpec, stage: str | None,
     # Compile only the stages up to the requested one: DuckDB rejects a
     # bound parameter that the query does not use.
     names = [item.name for item in spec.stages]
-    tests = [node_sql(item.where, builder)
-             for item in spec.stages[: names.index(stage) + 1]]
+    tests = [
+        node_sql(item.where, builder) for item in spec.stages[: names.index(stage) + 1]
+    ]
     parts.extend([*(f"NOT {test}" for test in tests[:-1]), tests[-1]])
     return _join(" AND ", parts)
 
@@ -209,9 +230,11 @@ def _trait_expression(trait: str, builder: SqlBuilder) -> str:
         # Whole years: subtract one when the birthday (month and day) is
         # still ahead in the run year. A 29 February birthday is therefore
         # reached on 1 March in common years.
-        return (f"(year({AS_OF}) - year(p.birth_date) - CASE WHEN "
-                f"month({AS_OF}) * 100 + day({AS_OF}) < "
-                "month(p.birth_date) * 100 + day(p.birth_date) THEN 1 ELSE 0 END)")
+        return (
+            f"(year({AS_OF}) - year(p.birth_date) - CASE WHEN "
+            f"month({AS_OF}) * 100 + day({AS_OF}) < "
+            "month(p.birth_date) * 100 + day(p.birth_date) THEN 1 ELSE 0 END)"
+        )
     if trait == "deceased_at":
         return "CAST(timezone('UTC', p.deceased_at) AS DATE)"
     if trait in PROFILE_TRAITS:
@@ -227,19 +250,26 @@ def _trait_expression(trait: str, builder: SqlBuilder) -> str:
 def _contains_sql(match: ConditionMatch, builder: SqlBuilder) -> str:
     item = builder.alias("condition")
     patterns = match.any_of or [match]
-    tests = _join(" OR ", [_code_match_sql(pattern, item, builder)
-                           for pattern in patterns])
-    return (f"EXISTS (SELECT 1 FROM unnest(TRY_CAST(json_extract(p.traits, "
-            f"'$.conditions') AS JSON[])) AS {item}_list({item})\n"
-            f"  WHERE {tests})")
+    tests = _join(
+        " OR ", [_code_match_sql(pattern, item, builder) for pattern in patterns]
+    )
+    return (
+        f"EXISTS (SELECT 1 FROM unnest(TRY_CAST(json_extract(p.traits, "
+        f"'$.conditions') AS JSON[])) AS {item}_list({item})\n"
+        f"  WHERE {tests})"
+    )
 
 
 def _code_match_sql(pattern: CodeMatch, item: str, builder: SqlBuilder) -> str:
     if pattern.display is not None:
-        return (f"lower(json_extract_string({item}, '$.display')) = "
-                f"lower({builder.bind(pattern.display)})")
+        return (
+            f"lower(json_extract_string({item}, '$.display')) = "
+            f"lower({builder.bind(pattern.display)})"
+        )
     test = f"json_extract_string({item}, '$.code') = {builder.bind(pattern.code)}"
     if pattern.system is not None:
-        test += (f" AND json_extract_string({item}, '$.system') = "
-                 f"{builder.bind(pattern.system)}")
+        test += (
+            f" AND json_extract_string({item}, '$.system') = "
+            f"{builder.bind(pattern.system)}"
+        )
     return f"({test})"

@@ -35,7 +35,8 @@ def event_condition(node: EventNode, builder: SqlBuilder, run_end: str) -> str:
     """Compile one event condition to a boolean SQL expression over ``p``."""
     parts = []
     only_absence = node.not_within is not None and not (
-        node.within or node.older_than or node.count or node.pair())
+        node.within or node.older_than or node.count or node.pair()
+    )
     if not only_absence:
         parts.append(_presence_sql(node, builder, run_end))
 
@@ -70,18 +71,23 @@ def _presence_sql(node: EventNode, builder: SqlBuilder, run_end: str) -> str:
     return f"EXISTS (SELECT 1 {source})"
 
 
-def _pair_sql(first: str, node: EventNode, pair: FollowNode,
-              builder: SqlBuilder, run_end: str) -> str:
+def _pair_sql(
+    first: str, node: EventNode, pair: FollowNode, builder: SqlBuilder, run_end: str
+) -> str:
     second = builder.alias("event")
-    source = (_events_from(second, pair, builder, run_end)
-              + f"\n      AND {_time(second)} > {_time(first)}")
+    source = (
+        _events_from(second, pair, builder, run_end)
+        + f"\n      AND {_time(second)} > {_time(first)}"
+    )
     limit = _interval(pair.within_after, builder) if pair.within_after else None
     if limit is not None:
         source += f"\n      AND {_time(second)} <= {_time(first)} + {limit}"
     for name in pair.same:
         path = builder.bind("$." + name)
-        source += (f"\n      AND json_extract_string({second}.properties, {path})"
-                   f" = json_extract_string({first}.properties, {path})")
+        source += (
+            f"\n      AND json_extract_string({second}.properties, {path})"
+            f" = json_extract_string({first}.properties, {path})"
+        )
 
     if node.followed_by is not None:
         return f"EXISTS (SELECT 1 {source})"
@@ -91,8 +97,9 @@ def _pair_sql(first: str, node: EventNode, pair: FollowNode,
     return test
 
 
-def _events_from(alias: str, node: EventNode | FollowNode, builder: SqlBuilder,
-                 run_end: str) -> str:
+def _events_from(
+    alias: str, node: EventNode | FollowNode, builder: SqlBuilder, run_end: str
+) -> str:
     tests = [
         f"{alias}.profile_id = p.profile_id",
         f"{alias}.type = {builder.bind(node.event)}",
@@ -103,8 +110,9 @@ def _events_from(alias: str, node: EventNode | FollowNode, builder: SqlBuilder,
     return f"FROM events AS {alias}\n    WHERE " + "\n    AND ".join(tests)
 
 
-def _property_sql(alias: str, name: str, value: PropertyValue,
-                  builder: SqlBuilder) -> str:
+def _property_sql(
+    alias: str, name: str, value: PropertyValue, builder: SqlBuilder
+) -> str:
     """Compare one event property as text, the way JSON stores it."""
     extracted = f"json_extract_string({alias}.properties, {builder.bind('$.' + name)})"
     if isinstance(value, list):

@@ -6,7 +6,6 @@ from datetime import date, datetime
 from pathlib import Path
 
 import duckdb
-
 from carepost.core.states import SegmentKind
 from carepost.segments.checks import Reference, check_spec
 from carepost.segments.compiler import CompiledSegment, compile_segment
@@ -51,7 +50,8 @@ class SegmentLibrary:
             guess = suggest(name, self._specs)
             raise UnknownSegmentError(
                 f"segment '{name}' not found in {self.folder}",
-                hint=f"did you mean {guess}?" if guess else None)
+                hint=f"did you mean {guess}?" if guess else None,
+            )
         return self._specs[name]
 
     def stages(self, name: str) -> list[str]:
@@ -64,25 +64,35 @@ class SegmentLibrary:
         if stage is not None and stage not in self.stages(name):
             raise UnknownSegmentError(
                 f"segment '{name}' has no stage '{stage}'",
-                hint="stages: " + (", ".join(self.stages(name)) or "none"))
+                hint="stages: " + (", ".join(self.stages(name)) or "none"),
+            )
         key = (name, stage)
         if key not in self._compiled:
             self._compiled[key] = compile_segment(spec, self.get, stage)
         return self._compiled[key]
 
-    def select(self, conn: duckdb.DuckDBPyConnection, name: str, *, as_of: date,
-               stage: str | None = None) -> list[str]:
+    def select(
+        self,
+        conn: duckdb.DuckDBPyConnection,
+        name: str,
+        *,
+        as_of: date,
+        stage: str | None = None,
+    ) -> list[str]:
         """Return the sorted ids of the profiles in a segment on the run date."""
         compiled = self.compile(name, stage)
         rows = conn.execute(compiled.sql, compiled.bind(_run_date(as_of))).fetchall()
         return sorted(row[0] for row in rows)
 
-    def stage_counts(self, conn: duckdb.DuckDBPyConnection, name: str, *,
-                     as_of: date) -> dict[str, int]:
+    def stage_counts(
+        self, conn: duckdb.DuckDBPyConnection, name: str, *, as_of: date
+    ) -> dict[str, int]:
         """Count a lifecycle's profiles per stage, in stage order, zeros included."""
         if self.get(name).kind is not SegmentKind.LIFECYCLE:
-            raise UnknownSegmentError(f"segment '{name}' is not a lifecycle",
-                                      hint="stage_counts needs kind: lifecycle")
+            raise UnknownSegmentError(
+                f"segment '{name}' is not a lifecycle",
+                hint="stage_counts needs kind: lifecycle",
+            )
         compiled = self.compile(name)
         rows = conn.execute(compiled.sql, compiled.bind(_run_date(as_of))).fetchall()
         counts = dict.fromkeys(self.stages(name), 0)
@@ -93,8 +103,14 @@ class SegmentLibrary:
     def _load(self, path: Path) -> list[Reference]:
         if not NAME_PATTERN.match(path.stem):
             raise SegmentSpecError(
-                path, 1, 1, "", "a file name of lower-case letters, digits and "
-                "underscores, ending in .yaml", f"'{path.name}'")
+                path,
+                1,
+                1,
+                "",
+                "a file name of lower-case letters, digits and "
+                "underscores, ending in .yaml",
+                f"'{path.name}'",
+            )
         data, source = load_spec_file(path)
         spec = validate_spec(data, source)
         found = check_spec(spec, source)
@@ -107,26 +123,35 @@ class SegmentLibrary:
         target = self._specs.get(reference.segment)
         if target is None:
             raise source.error(
-                (*reference.path, "in_segment"), "the name of a segment file in "
-                f"{self.folder}", f"'{reference.segment}'",
-                suggest(reference.segment, self._specs))
+                (*reference.path, "in_segment"),
+                f"the name of a segment file in {self.folder}",
+                f"'{reference.segment}'",
+                suggest(reference.segment, self._specs),
+            )
         if reference.stage is None:
             return
         stage_names = [stage.name for stage in target.stages or []]
         if reference.stage not in stage_names:
             raise source.error(
                 (*reference.path, "stage"),
-                f"a stage of '{reference.segment}': " + (", ".join(stage_names)
-                                                       or "it has none"),
-                f"'{reference.stage}'", suggest(reference.stage, stage_names))
+                f"a stage of '{reference.segment}': "
+                + (", ".join(stage_names) or "it has none"),
+                f"'{reference.stage}'",
+                suggest(reference.stage, stage_names),
+            )
 
     def _reject_cycles(self, references: dict[str, list[Reference]]) -> None:
         finished: set[str] = set()
         for name in sorted(references):
             self._visit(name, [], references, finished)
 
-    def _visit(self, name: str, trail: list[str],
-               references: dict[str, list[Reference]], finished: set[str]) -> None:
+    def _visit(
+        self,
+        name: str,
+        trail: list[str],
+        references: dict[str, list[Reference]],
+        finished: set[str],
+    ) -> None:
         """Depth-first search that raises at the reference closing a cycle."""
         if name in finished:
             return
@@ -135,7 +160,9 @@ class SegmentLibrary:
                 cycle = " -> ".join([*trail, name, reference.segment])
                 raise self._sources[name].error(
                     (*reference.path, "in_segment"),
-                    "in_segment references without a cycle", f"cycle {cycle}")
+                    "in_segment references without a cycle",
+                    f"cycle {cycle}",
+                )
             self._visit(reference.segment, [*trail, name], references, finished)
         finished.add(name)
 

@@ -15,8 +15,16 @@ turn it into a ``SegmentSpecError`` without guessing.
 from __future__ import annotations
 
 from datetime import date
-from typing import Annotated, Any, Union
+from typing import Annotated, Any
 
+from carepost.core.states import SegmentKind
+from carepost.segments.vocabulary import (
+    NAME_PATTERN,
+    WINDOW_PATTERN,
+    WINDOW_UNITS,
+    TraitType,
+)
+from carepost.segments.yamlsource import describe_value
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -33,16 +41,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from carepost.core.states import SegmentKind
-from carepost.segments.vocabulary import (
-    NAME_PATTERN,
-    WINDOW_PATTERN,
-    WINDOW_UNITS,
-    TraitType,
-)
-from carepost.segments.yamlsource import describe_value
-
-Scalar = Union[StrictStr, StrictInt, StrictFloat, StrictBool, date]
+Scalar = StrictStr | StrictInt | StrictFloat | StrictBool | date
 
 
 def spec_error(expected: str, found: str, suggestion: str | None = None) -> Exception:
@@ -85,7 +84,7 @@ Name = Annotated[
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=False)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     def given(self) -> list[str]:
         """Return the keys the YAML spelled out, by their YAML names."""
@@ -97,6 +96,7 @@ class _Strict(BaseModel):
 
 
 # --- trait comparisons ------------------------------------------------------
+
 
 class CodeMatch(_Strict):
     """One pattern for an entry of ``traits.conditions``."""
@@ -129,8 +129,17 @@ class ConditionMatch(CodeMatch):
 
 
 COMPARISON_OPERATORS = (
-    "equals", "not_equals", "in", "not_in", "lt", "lte", "gt", "gte",
-    "between", "exists", "contains",
+    "equals",
+    "not_equals",
+    "in",
+    "not_in",
+    "lt",
+    "lte",
+    "gt",
+    "gte",
+    "between",
+    "exists",
+    "contains",
 )
 
 
@@ -174,7 +183,7 @@ class TraitNode(_Strict):
 
 # --- event conditions -------------------------------------------------------
 
-PropertyValue = Union[Scalar, list[Scalar]]
+PropertyValue = Scalar | list[Scalar]
 
 
 class CountFilter(_Strict):
@@ -217,11 +226,12 @@ class EventNode(_Strict):
     @model_validator(mode="after")
     def _compatible_keys(self) -> EventNode:
         if self.followed_by is not None and self.not_followed_by is not None:
-            raise spec_error("followed_by or not_followed_by, not both",
-                             "both")
+            raise spec_error("followed_by or not_followed_by, not both", "both")
         if self.count is not None and self.pair() is not None:
-            raise spec_error("count without followed_by or not_followed_by",
-                             "count together with an ordered pair")
+            raise spec_error(
+                "count without followed_by or not_followed_by",
+                "count together with an ordered pair",
+            )
         return self
 
     def pair(self) -> FollowNode | None:
@@ -230,6 +240,7 @@ class EventNode(_Strict):
 
 
 # --- boolean tree -----------------------------------------------------------
+
 
 class AllNode(_Strict):
     all: list[Node] = Field(min_length=1)
@@ -271,7 +282,12 @@ def node_tag(value: Any) -> str | None:
 
 
 Node = Annotated[
-    Union[tuple(Annotated[model, Tag(key)] for key, model in NODE_TYPES.items())],
+    Annotated[AllNode, Tag("all")]
+    | Annotated[AnyNode, Tag("any")]
+    | Annotated[NotNode, Tag("not")]
+    | Annotated[TraitNode, Tag("trait")]
+    | Annotated[EventNode, Tag("event")]
+    | Annotated[InSegmentNode, Tag("in_segment")],
     Discriminator(
         node_tag,
         custom_error_type="segment_node",
@@ -281,6 +297,7 @@ Node = Annotated[
 
 
 # --- the file ---------------------------------------------------------------
+
 
 class Stage(_Strict):
     """One lifecycle stage; a profile sits in the first stage it matches."""
@@ -304,13 +321,15 @@ class SegmentSpec(_Strict):
     def _shape_for_kind(self) -> SegmentSpec:
         if self.kind is SegmentKind.LIFECYCLE:
             if self.stages is None or self.where is not None:
-                raise spec_error("a lifecycle with stages and no top-level where",
-                                 _keys(self))
+                raise spec_error(
+                    "a lifecycle with stages and no top-level where", _keys(self)
+                )
             names = [stage.name for stage in self.stages]
             duplicates = sorted({name for name in names if names.count(name) > 1})
             if duplicates:
-                raise spec_error("unique stage names",
-                                 "repeated " + ", ".join(duplicates))
+                raise spec_error(
+                    "unique stage names", "repeated " + ", ".join(duplicates)
+                )
         elif self.where is None or self.stages is not None:
             raise spec_error(f"a {self.kind} with where and no stages", _keys(self))
         return self

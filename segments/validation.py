@@ -3,8 +3,8 @@
 Pydantic reports where an error sits as a ``loc`` tuple. That tuple also
 contains the union tags of the boolean tree (``where.all.all[0].trait...``)
 and of scalar unions (``...equals.str``). ``resolve_loc`` walks the model's
-type annotations along the ``loc`` to drop those tags, and returns the
-model or type at that spot so the message can say what was expected there.
+type annotations along the ``loc`` to drop those tags. It also returns the
+model or type at that spot, which the message names as the expected value.
 """
 
 from __future__ import annotations
@@ -14,13 +14,12 @@ from datetime import date
 from enum import Enum
 from typing import Annotated, Any, Union, get_args, get_origin
 
-from pydantic import BaseModel, ValidationError
-from pydantic_core import ErrorDetails
-
 from carepost.segments.errors import SegmentSpecError
 from carepost.segments.spec import NODE_TYPES, PropertyValue, Scalar, SegmentSpec
 from carepost.segments.vocabulary import suggest
 from carepost.segments.yamlsource import KeyPath, SourceMap, describe_value
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 NODE_KEYS_TEXT = "all, any, not, trait, event or in_segment"
 
@@ -48,24 +47,31 @@ def to_spec_error(
     if kind == "extra_forbidden":
         allowed = _keys_of(resolve_loc(error["loc"][:-1])[1])
         key = str(path[-1])
-        return source.error(path, "one of " + ", ".join(allowed),
-                            f"unknown key '{key}'", suggest(key, allowed),
-                            of_key=True)
+        return source.error(
+            path,
+            "one of " + ", ".join(allowed),
+            f"unknown key '{key}'",
+            suggest(key, allowed),
+            of_key=True,
+        )
     if kind == "missing":
         return source.error(path[:-1], f"the key '{path[-1]}'", "no such key")
 
     found_value = _value_at(data, path)
     if kind == "segment_spec":
-        return source.error(path, context["expected"], context["found"],
-                            context.get("suggestion"))
+        return source.error(
+            path, context["expected"], context["found"], context.get("suggestion")
+        )
     if kind == "segment_node":
         return _node_error(path, found_value, source)
     if kind == "too_short":
-        return source.error(path, "a list with at least one entry",
-                            "an empty list")
-    return source.error(path, _expected_text(annotation, context),
-                        describe_value(found_value),
-                        _enum_suggestion(annotation, found_value))
+        return source.error(path, "a list with at least one entry", "an empty list")
+    return source.error(
+        path,
+        _expected_text(annotation, context),
+        describe_value(found_value),
+        _enum_suggestion(annotation, found_value),
+    )
 
 
 def resolve_loc(loc: tuple[int | str, ...]) -> tuple[KeyPath, Any]:
@@ -92,8 +98,9 @@ def _step(annotation: Any, part: int | str) -> Any:
     """Return the type one ``loc`` step below ``annotation``, or _STOP."""
     origin = get_origin(annotation)
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        fields = {(info.alias or name): info
-                  for name, info in annotation.model_fields.items()}
+        fields = {
+            (info.alias or name): info for name, info in annotation.model_fields.items()
+        }
         return fields[part].annotation if part in fields else None
     if origin is list and isinstance(part, int):
         return get_args(annotation)[0]
@@ -146,8 +153,13 @@ def _node_error(path: KeyPath, value: Any, source: SourceMap) -> SegmentSpecErro
     if not isinstance(value, dict) or not value:
         return source.error(path, expected, describe_value(value))
     first_key = str(next(iter(value)))
-    return source.error((*path, first_key), expected, f"unknown key '{first_key}'",
-                        suggest(first_key, NODE_TYPES), of_key=True)
+    return source.error(
+        (*path, first_key),
+        expected,
+        f"unknown key '{first_key}'",
+        suggest(first_key, NODE_TYPES),
+        of_key=True,
+    )
 
 
 def _expected_text(annotation: Any, context: dict[str, Any]) -> str:
@@ -162,14 +174,20 @@ def _expected_text(annotation: Any, context: dict[str, Any]) -> str:
         return f"a condition starting with {NODE_KEYS_TEXT}"
     if isinstance(annotation, type) and issubclass(annotation, Enum):
         return "one of " + ", ".join(str(member.value) for member in annotation)
-    simple = {str: "text", int: "a whole number", float: "a number",
-              bool: "true or false", date: "a date such as 2024-01-31"}
+    simple = {
+        str: "text",
+        int: "a whole number",
+        float: "a number",
+        bool: "true or false",
+        date: "a date such as 2024-01-31",
+    }
     if annotation in simple:
         return simple[annotation]
     if _keys_of(annotation):
         return "a mapping with keys " + ", ".join(_keys_of(annotation))
-    return {list: "a list", tuple: "a list of two values",
-            dict: "a mapping"}.get(get_origin(annotation), "a valid value")
+    return {list: "a list", tuple: "a list of two values", dict: "a mapping"}.get(
+        get_origin(annotation), "a valid value"
+    )
 
 
 def _enum_suggestion(annotation: Any, found: Any) -> str | None:

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
 from carepost.segments.errors import SegmentSpecError
 
 KeyPath = tuple[str | int, ...]
@@ -65,7 +64,12 @@ class SourceMap:
         """Build a SegmentSpecError that points at ``path`` in this file."""
         line, column = self.position(path, of_key=of_key)
         return SegmentSpecError(
-            self.file, line, column, format_key_path(path), expected, found,
+            self.file,
+            line,
+            column,
+            format_key_path(path),
+            expected,
+            found,
             suggestion,
         )
 
@@ -83,8 +87,9 @@ def load_spec_file(path: Path) -> tuple[dict[str, Any], SourceMap]:
         loader.dispose()
 
     if not isinstance(data, dict):
-        raise source.error((), "a mapping with kind, description and where",
-                           describe_value(data))
+        raise source.error(
+            (), "a mapping with kind, description and where", describe_value(data)
+        )
     return data, source
 
 
@@ -92,8 +97,11 @@ def _convert(
     loader: yaml.SafeLoader, node: yaml.Node, path: KeyPath, source: SourceMap
 ) -> Any:
     if len(path) > MAX_DEPTH:
-        raise source.error(path, f"at most {MAX_DEPTH} levels of nesting",
-                           "a deeper tree or a recursive alias")
+        raise source.error(
+            path,
+            f"at most {MAX_DEPTH} levels of nesting",
+            "a deeper tree or a recursive alias",
+        )
     source.values[path] = (node.start_mark.line, node.start_mark.column)
 
     if isinstance(node, yaml.MappingNode):
@@ -107,7 +115,9 @@ def _convert(
 
 
 def _convert_mapping(
-    loader: yaml.SafeLoader, node: yaml.MappingNode, path: KeyPath,
+    loader: yaml.SafeLoader,
+    node: yaml.MappingNode,
+    path: KeyPath,
     source: SourceMap,
 ) -> dict[str, Any]:
     result: dict[str, Any] = {}
@@ -120,8 +130,12 @@ def _convert_mapping(
         key_path = (*path, key)
         if key in result:
             source.keys[key_path] = _mark(key_node)
-            raise source.error(key_path, "each key once in a mapping",
-                               f"duplicate key '{key}'", of_key=True)
+            raise source.error(
+                key_path,
+                "each key once in a mapping",
+                f"duplicate key '{key}'",
+                of_key=True,
+            )
         source.keys[key_path] = _mark(key_node)
         result[key] = _convert(loader, value_node, key_path, source)
     return result
@@ -153,4 +167,3 @@ def describe_value(value: Any) -> str:
     if isinstance(value, dict):
         return "a mapping"
     return f"{type(value).__name__} {value}"
-

@@ -12,7 +12,6 @@ from typing import Any
 
 import duckdb
 import pytest
-
 from carepost.core.schema import create_tables
 from carepost.segments import SegmentLibrary
 
@@ -39,14 +38,23 @@ class SegmentWorld:
             [profile_id, *columns.values()],
         )
 
-    def event(self, profile_id: str, event_type: str, occurred_at: str | datetime,
-              **properties: Any) -> None:
+    def event(
+        self,
+        profile_id: str,
+        event_type: str,
+        occurred_at: str | datetime,
+        **properties: Any,
+    ) -> None:
         """Insert one event; a text time is read as UTC."""
         self.conn.execute(
             "INSERT INTO events VALUES (?, ?, ?, CAST(? AS TIMESTAMPTZ), ?)",
-            [f"ev{next(self._event_ids)}", profile_id, event_type,
-             f"{occurred_at}+00" if isinstance(occurred_at, str) else occurred_at,
-             json.dumps(properties)],
+            [
+                f"ev{next(self._event_ids)}",
+                profile_id,
+                event_type,
+                f"{occurred_at}+00" if isinstance(occurred_at, str) else occurred_at,
+                json.dumps(properties),
+            ],
         )
 
     def write(self, name: str, text: str) -> Path:
@@ -58,8 +66,13 @@ class SegmentWorld:
     def library(self) -> SegmentLibrary:
         return SegmentLibrary(self.folder)
 
-    def select(self, text: str, as_of: date = RUN_DATE, name: str = "probe",
-               stage: str | None = None) -> list[str]:
+    def select(
+        self,
+        text: str,
+        as_of: date = RUN_DATE,
+        name: str = "probe",
+        stage: str | None = None,
+    ) -> list[str]:
         """Write ``text`` as segment ``name`` and return its profile ids."""
         self.write(name, text)
         return self.library().select(self.conn, name, as_of=as_of, stage=stage)

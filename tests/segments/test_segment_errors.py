@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-
 from carepost.core.errors import CarepostError
 from carepost.segments import SegmentSpecError
 
@@ -32,7 +31,8 @@ def test_unknown_key_suggestion(world: SegmentWorld) -> None:
     assert str(error).endswith(
         "probe.yaml:5:3: where.eqals: expected one of trait, equals, not_equals, "
         "in, not_in, lt, lte, gt, gte, between, exists, contains, found unknown "
-        "key 'eqals' (did you mean equals?)")
+        "key 'eqals' (did you mean equals?)"
+    )
 
 
 def test_error_is_carepost_error(world: SegmentWorld) -> None:
@@ -42,8 +42,10 @@ def test_error_is_carepost_error(world: SegmentWorld) -> None:
 
 
 def test_nested_unknown_key(world: SegmentWorld) -> None:
-    text = HEAD + ("where:\n  all:\n    - any:\n        - trait: conditions\n"
-                   "          contains: {code: '1', sytem: x}\n")
+    text = HEAD + (
+        "where:\n  all:\n    - any:\n        - trait: conditions\n"
+        "          contains: {code: '1', sytem: x}\n"
+    )
     error = load_error(world, text)
     assert error.key_path == "where.all[0].any[0].contains.sytem"
     assert (error.line, error.column) == (7, 33)
@@ -56,8 +58,9 @@ def test_unknown_node_key(world: SegmentWorld) -> None:
 
 
 def test_unknown_top_key_first(world: SegmentWorld) -> None:
-    error = load_error(world, "kind: condition\ndescripton: x\n"
-                              "where: {trait: age, gte: 1}\n")
+    error = load_error(
+        world, "kind: condition\ndescripton: x\nwhere: {trait: age, gte: 1}\n"
+    )
     assert (error.line, error.key_path) == (2, "descripton")
     assert error.suggestion == "description"
 
@@ -66,11 +69,13 @@ def test_wrong_value_type(world: SegmentWorld) -> None:
     error = load_error(world, HEAD + "where:\n  trait: age\n  gte: [18]\n")
     assert (error.line, error.column, error.key_path) == (5, 8, "where.gte")
     assert error.found == "a list"
+    assert error.expected.startswith("one value: text, a number")
 
 
 def test_value_type_for_trait(world: SegmentWorld) -> None:
-    error = load_error(world, HEAD + "where:\n  trait: consent_marketing\n"
-                                     "  equals: 'yes'\n")
+    error = load_error(
+        world, HEAD + "where:\n  trait: consent_marketing\n  equals: 'yes'\n"
+    )
     assert (error.line, error.key_path) == (5, "where.equals")
     assert error.expected == "true or false for trait 'consent_marketing'"
 
@@ -93,15 +98,21 @@ def test_unknown_event_type(world: SegmentWorld) -> None:
 
 
 def test_unknown_event_property(world: SegmentWorld) -> None:
-    error = load_error(world, HEAD + "where:\n  event: encounter\n"
-                                     "  where: {clas: wellness}\n")
+    error = load_error(
+        world, HEAD + "where:\n  event: encounter\n  where: {clas: wellness}\n"
+    )
     assert (error.line, error.key_path, error.suggestion) == (
-        5, "where.where.clas", "class")
+        5,
+        "where.where.clas",
+        "class",
+    )
 
 
 @pytest.mark.parametrize("window", ["14", "14 days", "0d", "1.5d", "14D"])
 def test_window_needs_unit(world: SegmentWorld, window: str) -> None:
-    error = load_error(world, HEAD + f"where:\n  event: encounter\n  within: {window}\n")
+    error = load_error(
+        world, HEAD + f"where:\n  event: encounter\n  within: {window}\n"
+    )
     assert (error.line, error.key_path) == (5, "where.within")
     assert "a whole number and a unit" in error.expected
 
@@ -114,16 +125,20 @@ def test_missing_referenced_segment(world: SegmentWorld) -> None:
 
 
 def test_missing_referenced_stage(world: SegmentWorld) -> None:
-    world.write("life", "kind: lifecycle\ndescription: x\nstages:\n"
-                        "  - {name: new, where: {trait: age, gte: 1}}\n")
+    world.write(
+        "life",
+        "kind: lifecycle\ndescription: x\nstages:\n"
+        "  - {name: new, where: {trait: age, gte: 1}}\n",
+    )
     error = load_error(world, HEAD + "where: {in_segment: life, stage: neww}\n")
     assert (error.line, error.key_path, error.suggestion) == (3, "where.stage", "new")
 
 
 def test_in_segment_cycle(world: SegmentWorld) -> None:
     world.write("first", HEAD + "where: {in_segment: second}\n")
-    error = load_error(world, HEAD + "where:\n  not:\n    in_segment: first\n",
-                       name="second")
+    error = load_error(
+        world, HEAD + "where:\n  not:\n    in_segment: first\n", name="second"
+    )
     assert "cycle" in error.found
     assert "first -> second -> first" in error.found
     assert error.key_path.endswith("in_segment")
@@ -147,27 +162,32 @@ def test_two_operators(world: SegmentWorld) -> None:
 
 
 def test_misspelt_kind(world: SegmentWorld) -> None:
-    error = load_error(world, "kind: lifecylce\ndescription: x\n"
-                              "where: {trait: age, gte: 1}\n")
+    error = load_error(
+        world, "kind: lifecylce\ndescription: x\nwhere: {trait: age, gte: 1}\n"
+    )
     assert (error.line, error.key_path, error.suggestion) == (1, "kind", "lifecycle")
 
 
 def test_lifecycle_needs_stages(world: SegmentWorld) -> None:
-    error = load_error(world, "kind: lifecycle\ndescription: x\n"
-                              "where: {trait: age, gte: 1}\n")
+    error = load_error(
+        world, "kind: lifecycle\ndescription: x\nwhere: {trait: age, gte: 1}\n"
+    )
     assert "stages" in error.expected
 
 
 def test_duplicate_stage_names(world: SegmentWorld) -> None:
-    text = ("kind: lifecycle\ndescription: x\nstages:\n"
-            "  - {name: a, where: {trait: age, gte: 1}}\n"
-            "  - {name: a, where: {trait: age, gte: 2}}\n")
+    text = (
+        "kind: lifecycle\ndescription: x\nstages:\n"
+        "  - {name: a, where: {trait: age, gte: 1}}\n"
+        "  - {name: a, where: {trait: age, gte: 2}}\n"
+    )
     assert load_error(world, text).found == "repeated a"
 
 
 def test_behaviour_needs_event(world: SegmentWorld) -> None:
-    error = load_error(world, "kind: behaviour\ndescription: x\n"
-                              "where: {trait: age, gte: 1}\n")
+    error = load_error(
+        world, "kind: behaviour\ndescription: x\nwhere: {trait: age, gte: 1}\n"
+    )
     assert "event" in error.expected
 
 

@@ -20,22 +20,26 @@ def event_spec(body: str) -> str:
     return "kind: behaviour\ndescription: probe\nwhere:\n" + lines + "\n"
 
 
-@pytest.mark.parametrize(("window", "occurred_at", "inside"), [
-    ("14d", "2024-06-02 00:00:00", True),
-    ("14d", "2024-06-01 23:59:59.999999", False),
-    ("14d", "2024-06-15 23:59:59.999999", True),
-    ("14d", "2024-06-16 00:00:00", False),
-    ("2w", "2024-06-02 00:00:00", True),
-    ("2w", "2024-06-01 23:59:59", False),
-    ("24h", "2024-06-15 00:00:00", True),
-    ("24h", "2024-06-14 23:59:59", False),
-    ("12mo", "2023-06-16 00:00:00", True),
-    ("12mo", "2023-06-15 23:59:59", False),
-    ("1y", "2023-06-16 00:00:00", True),
-    ("1y", "2023-06-15 23:59:59", False),
-])
-def test_within_boundary(world: SegmentWorld, window: str, occurred_at: str,
-                         inside: bool) -> None:
+@pytest.mark.parametrize(
+    ("window", "occurred_at", "inside"),
+    [
+        ("14d", "2024-06-02 00:00:00", True),
+        ("14d", "2024-06-01 23:59:59.999999", False),
+        ("14d", "2024-06-15 23:59:59.999999", True),
+        ("14d", "2024-06-16 00:00:00", False),
+        ("2w", "2024-06-02 00:00:00", True),
+        ("2w", "2024-06-01 23:59:59", False),
+        ("24h", "2024-06-15 00:00:00", True),
+        ("24h", "2024-06-14 23:59:59", False),
+        ("12mo", "2023-06-16 00:00:00", True),
+        ("12mo", "2023-06-15 23:59:59", False),
+        ("1y", "2023-06-16 00:00:00", True),
+        ("1y", "2023-06-15 23:59:59", False),
+    ],
+)
+def test_within_boundary(
+    world: SegmentWorld, window: str, occurred_at: str, inside: bool
+) -> None:
     world.profile("p1")
     world.event("p1", "portal_login", occurred_at)
     spec = event_spec(f"event: portal_login\nwithin: {window}")
@@ -91,13 +95,16 @@ def test_older_than_boundary(world: SegmentWorld) -> None:
     assert world.select(spec) == ["before_boundary"]
 
 
-@pytest.mark.parametrize(("count", "expected"), [
-    ("{gte: 2}", ["two", "three"]),
-    ("{gt: 2}", ["three"]),
-    ("{equals: 0}", ["none", "old"]),
-    ("{lt: 2}", ["none", "old", "one"]),
-    ("{gte: 1, lte: 2}", ["one", "two"]),
-])
+@pytest.mark.parametrize(
+    ("count", "expected"),
+    [
+        ("{gte: 2}", ["two", "three"]),
+        ("{gt: 2}", ["three"]),
+        ("{equals: 0}", ["none", "old"]),
+        ("{lt: 2}", ["none", "old", "one"]),
+        ("{gte: 1, lte: 2}", ["one", "two"]),
+    ],
+)
 def test_event_count(world: SegmentWorld, count: str, expected: list[str]) -> None:
     for profile_id, logins in [("none", 0), ("one", 1), ("two", 2), ("three", 3)]:
         world.profile(profile_id)
@@ -114,14 +121,19 @@ def test_event_where_list_and_number(world: SegmentWorld) -> None:
     world.profile("ambulatory")
     world.profile("emergency")
     world.event("wellness", "encounter", "2024-06-01 08:00:00", **{"class": "wellness"})
-    world.event("ambulatory", "encounter", "2024-06-01 08:00:00", **{"class": "ambulatory"})
-    world.event("emergency", "encounter", "2024-06-01 08:00:00", **{"class": "emergency"})
+    world.event(
+        "ambulatory", "encounter", "2024-06-01 08:00:00", **{"class": "ambulatory"}
+    )
+    world.event(
+        "emergency", "encounter", "2024-06-01 08:00:00", **{"class": "emergency"}
+    )
     spec = event_spec("event: encounter\nwhere: {class: [wellness, ambulatory]}")
     assert world.select(spec) == ["ambulatory", "wellness"]
 
     world.event("wellness", "form_submitted", "2024-06-01 08:00:00", version=2)
     assert world.select(event_spec("event: form_submitted\nwhere: {version: 2}")) == [
-        "wellness"]
+        "wellness"
+    ]
 
 
 MISSED = """
@@ -139,10 +151,19 @@ def test_no_show_without_rebooking(world: SegmentWorld) -> None:
     world.profile("booked_after_run")
     world.profile("same_instant")
     world.profile("old_no_show")
-    for profile_id in ("missed", "rebooked", "booked_before", "booked_after_run",
-                       "same_instant"):
-        world.event(profile_id, "appointment_no_show", "2024-06-10 09:00:00",
-                    appointment_id="a1")
+    for profile_id in (
+        "missed",
+        "rebooked",
+        "booked_before",
+        "booked_after_run",
+        "same_instant",
+    ):
+        world.event(
+            profile_id,
+            "appointment_no_show",
+            "2024-06-10 09:00:00",
+            appointment_id="a1",
+        )
     world.event("rebooked", "appointment_booked", "2024-06-11 12:00:00")
     world.event("booked_before", "appointment_booked", "2024-06-01 12:00:00")
     world.event("booked_after_run", "appointment_booked", "2024-06-17 12:00:00")
@@ -171,18 +192,32 @@ not_followed_by:
 
 
 def test_prescription_not_filled_in_7_days(world: SegmentWorld) -> None:
-    for profile_id in ("unfilled", "filled", "filled_late", "other_rx", "too_new",
-                       "filled_at_limit"):
+    for profile_id in (
+        "unfilled",
+        "filled",
+        "filled_late",
+        "other_rx",
+        "too_new",
+        "filled_at_limit",
+    ):
         world.profile(profile_id)
-    for profile_id in ("unfilled", "filled", "filled_late", "other_rx",
-                       "filled_at_limit"):
-        world.event(profile_id, "prescription_written", "2024-06-01 10:00:00",
-                    rx_id="rx1")
+    for profile_id in (
+        "unfilled",
+        "filled",
+        "filled_late",
+        "other_rx",
+        "filled_at_limit",
+    ):
+        world.event(
+            profile_id, "prescription_written", "2024-06-01 10:00:00", rx_id="rx1"
+        )
     world.event("filled", "prescription_filled", "2024-06-03 10:00:00", rx_id="rx1")
-    world.event("filled_late", "prescription_filled", "2024-06-08 10:00:01",
-                rx_id="rx1")
-    world.event("filled_at_limit", "prescription_filled", "2024-06-08 10:00:00",
-                rx_id="rx1")
+    world.event(
+        "filled_late", "prescription_filled", "2024-06-08 10:00:01", rx_id="rx1"
+    )
+    world.event(
+        "filled_at_limit", "prescription_filled", "2024-06-08 10:00:00", rx_id="rx1"
+    )
     world.event("other_rx", "prescription_filled", "2024-06-03 10:00:00", rx_id="rx9")
     world.event("too_new", "prescription_written", "2024-06-12 10:00:00", rx_id="rx2")
     assert world.select(event_spec(UNFILLED)) == ["filled_late", "other_rx", "unfilled"]
@@ -195,6 +230,19 @@ def test_followed_by_within_after(world: SegmentWorld) -> None:
         world.event(profile_id, "appointment_booked", "2024-06-01 10:00:00")
     world.event("quick", "appointment_attended", "2024-06-02 10:00:00")
     world.event("slow", "appointment_attended", "2024-06-12 10:00:00")
-    spec = event_spec("event: appointment_booked\nfollowed_by:\n"
-                      "  event: appointment_attended\n  within_after: 7d")
+    spec = event_spec(
+        "event: appointment_booked\nfollowed_by:\n"
+        "  event: appointment_attended\n  within_after: 7d"
+    )
     assert world.select(spec) == ["quick"]
+
+
+def test_session_time_zone_ignored(world: SegmentWorld) -> None:
+    world.profile("inside")
+    world.profile("outside")
+    world.event("inside", "portal_login", "2024-06-02 00:00:00")
+    world.event("outside", "portal_login", "2024-06-01 23:59:59")
+    world.conn.execute("SET TimeZone = 'America/New_York'")
+    assert world.select(event_spec("event: portal_login\nwithin: 14d")) == ["inside"]
+    world.conn.execute("SET TimeZone = 'Pacific/Auckland'")
+    assert world.select(event_spec("event: portal_login\nwithin: 14d")) == ["inside"]

@@ -23,36 +23,51 @@ def trait_spec(trait: str, operator: str, value: str) -> str:
 
 @pytest.fixture
 def people(world: SegmentWorld) -> SegmentWorld:
-    world.profile("p1", sex="F", state="CA", language="en",
-                  birth_date=date(1980, 1, 1))
-    world.profile("p2", sex="M", state="NY", language="es",
-                  birth_date=date(2000, 6, 15), consent_marketing=False)
-    world.profile("p3", sex=None, state=None, language=None, birth_date=None,
-                  consent_marketing=None)
+    world.profile("p1", sex="F", state="CA", language="en", birth_date=date(1980, 1, 1))
+    world.profile(
+        "p2",
+        sex="M",
+        state="NY",
+        language="es",
+        birth_date=date(2000, 6, 15),
+        consent_marketing=False,
+    )
+    world.profile(
+        "p3",
+        sex=None,
+        state=None,
+        language=None,
+        birth_date=None,
+        consent_marketing=None,
+    )
     return world
 
 
-@pytest.mark.parametrize(("trait", "operator", "value", "expected"), [
-    ("sex", "equals", "F", ["p1"]),
-    ("sex", "not_equals", "F", ["p2"]),
-    ("state", "in", "[CA, TX]", ["p1"]),
-    ("state", "not_in", "[CA, TX]", ["p2"]),
-    ("consent_marketing", "equals", "true", ["p1"]),
-    ("consent_marketing", "equals", "false", ["p2"]),
-    ("birth_date", "lt", "1990-01-01", ["p1"]),
-    ("birth_date", "lte", "2000-06-15", ["p1", "p2"]),
-    ("birth_date", "gt", "2000-06-15", []),
-    ("birth_date", "gte", "2000-06-15", ["p2"]),
-    ("birth_date", "between", "[1980-01-01, 1980-12-31]", ["p1"]),
-    ("language", "exists", "true", ["p1", "p2"]),
-    ("language", "exists", "false", ["p3"]),
-    ("age", "gte", "24", ["p1", "p2"]),
-    ("age", "lt", "24", []),
-    ("age", "between", "[30, 50]", ["p1"]),
-    ("age", "equals", "24", ["p2"]),
-])
-def test_trait_operator(people: SegmentWorld, trait: str, operator: str,
-                        value: str, expected: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("trait", "operator", "value", "expected"),
+    [
+        ("sex", "equals", "F", ["p1"]),
+        ("sex", "not_equals", "F", ["p2"]),
+        ("state", "in", "[CA, TX]", ["p1"]),
+        ("state", "not_in", "[CA, TX]", ["p2"]),
+        ("consent_marketing", "equals", "true", ["p1"]),
+        ("consent_marketing", "equals", "false", ["p2"]),
+        ("birth_date", "lt", "1990-01-01", ["p1"]),
+        ("birth_date", "lte", "2000-06-15", ["p1", "p2"]),
+        ("birth_date", "gt", "2000-06-15", []),
+        ("birth_date", "gte", "2000-06-15", ["p2"]),
+        ("birth_date", "between", "[1980-01-01, 1980-12-31]", ["p1"]),
+        ("language", "exists", "true", ["p1", "p2"]),
+        ("language", "exists", "false", ["p3"]),
+        ("age", "gte", "24", ["p1", "p2"]),
+        ("age", "lt", "24", []),
+        ("age", "between", "[30, 50]", ["p1"]),
+        ("age", "equals", "24", ["p2"]),
+    ],
+)
+def test_trait_operator(
+    people: SegmentWorld, trait: str, operator: str, value: str, expected: list[str]
+) -> None:
     assert people.select(trait_spec(trait, operator, value)) == expected
 
 
@@ -68,13 +83,16 @@ def test_null_trait_negated_comparison(people: SegmentWorld) -> None:
     assert people.select(spec) == ["p2", "p3"]
 
 
-@pytest.mark.parametrize(("as_of", "expected_age"), [
-    (date(2018, 2, 27), 17),
-    (date(2018, 2, 28), 17),
-    (date(2018, 3, 1), 18),
-    (date(2020, 2, 28), 19),
-    (date(2020, 2, 29), 20),
-])
+@pytest.mark.parametrize(
+    ("as_of", "expected_age"),
+    [
+        (date(2018, 2, 27), 17),
+        (date(2018, 2, 28), 17),
+        (date(2018, 3, 1), 18),
+        (date(2020, 2, 28), 19),
+        (date(2020, 2, 29), 20),
+    ],
+)
 def test_age_leap_day(world: SegmentWorld, as_of: date, expected_age: int) -> None:
     world.profile("leap", birth_date=date(2000, 2, 29))
     spec = trait_spec("age", "equals", str(expected_age))
@@ -85,7 +103,8 @@ def test_age_before_birthday(world: SegmentWorld) -> None:
     world.profile("june", birth_date=date(2006, 6, 16))
     assert world.select(trait_spec("age", "gte", "18")) == []
     assert world.select(trait_spec("age", "gte", "18"), as_of=date(2024, 6, 16)) == [
-        "june"]
+        "june"
+    ]
 
 
 SNOMED = "http://snomed.info/sct"
@@ -93,11 +112,18 @@ SNOMED = "http://snomed.info/sct"
 
 @pytest.fixture
 def patients(world: SegmentWorld) -> SegmentWorld:
-    diabetes = {"system": SNOMED, "code": "44054006",
-                "display": "Diabetes mellitus type 2", "onset": "2020-01-01"}
+    diabetes = {
+        "system": SNOMED,
+        "code": "44054006",
+        "display": "Diabetes mellitus type 2",
+        "onset": "2020-01-01",
+    }
     prediabetes = {"system": SNOMED, "code": "15777000", "display": "Prediabetes"}
-    other_system = {"system": "http://example.org/local", "code": "44054006",
-                    "display": "Local code"}
+    other_system = {
+        "system": "http://example.org/local",
+        "code": "44054006",
+        "display": "Local code",
+    }
     world.profile("dm", traits={"conditions": [diabetes]})
     world.profile("pre", traits={"conditions": [prediabetes]})
     world.profile("local", traits={"conditions": [other_system]})
@@ -108,16 +134,23 @@ def patients(world: SegmentWorld) -> SegmentWorld:
     return world
 
 
-@pytest.mark.parametrize(("contains", "expected"), [
-    ('{code: "44054006"}', ["dm", "local"]),
-    (f'{{code: "44054006", system: "{SNOMED}"}}', ["dm"]),
-    ("{display: PREDIABETES}", ["pre"]),
-    ('{any_of: [{code: "44054006", system: "' + SNOMED + '"}, '
-     "{display: prediabetes}]}", ["dm", "pre"]),
-    ('{code: "0000"}', []),
-])
-def test_conditions_contains(patients: SegmentWorld, contains: str,
-                             expected: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("contains", "expected"),
+    [
+        ('{code: "44054006"}', ["dm", "local"]),
+        (f'{{code: "44054006", system: "{SNOMED}"}}', ["dm"]),
+        ("{display: PREDIABETES}", ["pre"]),
+        (
+            '{any_of: [{code: "44054006", system: "' + SNOMED + '"}, '
+            "{display: prediabetes}]}",
+            ["dm", "pre"],
+        ),
+        ('{code: "0000"}', []),
+    ],
+)
+def test_conditions_contains(
+    patients: SegmentWorld, contains: str, expected: list[str]
+) -> None:
     spec = trait_spec("conditions", "contains", contains)
     assert patients.select(spec) == expected
 
@@ -179,7 +212,8 @@ def test_injection_value_is_data(world: SegmentWorld) -> None:
     assert INJECTION not in compiled.sql
     assert INJECTION in compiled.params.values()
     tables = world.conn.execute(
-        "SELECT table_name FROM information_schema.tables ORDER BY 1").fetchall()
+        "SELECT table_name FROM information_schema.tables ORDER BY 1"
+    ).fetchall()
     assert tables == [("events",), ("profiles",)]
     assert world.conn.execute("SELECT count(*) FROM profiles").fetchone() == (1,)
 
