@@ -130,34 +130,36 @@ def _parse_date(text: str) -> str:
         raise typer.Exit(2) from None
 
 
-# Summary keys and their column headings, narrow enough for 80 columns.
-_COLUMNS = {
-    "campaign": "campaign",
-    "segment_size": "segment",
+# Summary keys and the row labels they get in the table.
+_ROWS = {
+    "segment_size": "segment size",
     "sent": "sent",
-    "dropped_no_tls": "no TLS",
-    "suppressed": "suppr.",
-    "render_failed": "render\nfailed",
+    "dropped_no_tls": "dropped: no TLS",
+    "suppressed": "suppressed",
+    "render_failed": "render failed",
     "bounced": "bounced",
-    "deferred": "deferred",
-    "already_done": "already\nsent",
-    "ambiguous": "unknown",
+    "deferred": "deferred (4xx)",
+    "already_done": "already sent",
+    "ambiguous": "outcome unknown",
     "elapsed_seconds": "seconds",
 }
 
 
 def print_summaries(summaries: list[dict[str, Any]]) -> None:
+    """Print one column per campaign run, so the table fits 80 columns."""
     dates = sorted({summary["run_date"] for summary in summaries})
     table = Table(title=f"Campaign runs as of {', '.join(dates)}")
-    for key, heading in _COLUMNS.items():
-        table.add_column(heading, justify="left" if key == "campaign" else "right")
+    table.add_column("")
     for summary in summaries:
-        table.add_row(*(str(summary.get(key, "")) for key in _COLUMNS))
+        table.add_column(summary["campaign"], justify="right", no_wrap=True)
+    for key, label in _ROWS.items():
+        table.add_row(label, *(str(summary.get(key, "")) for summary in summaries))
     console.print(table)
-    console.print("no TLS = dropped because the server offered no verified TLS 1.2+; "
-                  "suppr. = skipped by a send-time check (consent, deceased, "
-                  "suppression list, frequency cap); unknown = no reply after "
-                  "DATA, not resent.")
+    console.print(
+        "dropped: no TLS = the server offered no verified TLS 1.2+; "
+        "suppressed = skipped by a send-time check (consent, deceased, "
+        "suppression list, frequency cap); outcome unknown = no reply after "
+        "DATA, left in the ledger as 'sending' and not resent.")
 
 
 def main() -> None:  # pragma: no cover - console entry point
