@@ -271,21 +271,25 @@ def prescription_filled_events(
 def link_appointment_patients(
     synthea_patients: pd.DataFrame, scheduler_patients: pd.DataFrame
 ) -> dict[str, str]:
-    """Pair each living Synthea patient with one medscheduler patient.
+    """Give each living Synthea patient the appointments of a few medscheduler ones.
 
-    The two generators share no patient ids. Living Synthea patients
-    sorted by Id are paired in order with the medscheduler patients that
-    come first when sorted by SHA-256("link:" + patient_id). A deceased
-    Synthea patient gets no appointments, because every appointment is in
-    2024. Returns medscheduler patient_id -> Synthea Id.
+    The two generators share no patient ids. The medscheduler patients
+    sorted by SHA-256("link:" + patient_id) are dealt in turn to the living
+    Synthea patients sorted by Id, ``SCHEDULER_PATIENTS_PER_PROFILE`` each,
+    so every profile gets several appointments in the two simulated months
+    (one simulated patient each left only 7 no-shows among 100 profiles).
+    A deceased Synthea patient gets no appointments, because every
+    appointment is in 2024. Returns medscheduler patient_id -> Synthea Id.
     """
     living = sorted(synthea_patients.loc[synthea_patients["DEATHDATE"] == "", "Id"])
     chosen = sorted(
         scheduler_patients["patient_id"],
         key=lambda pid: hashlib.sha256(f"link:{pid}".encode()).hexdigest(),
-    )[: len(living)]
-    return dict(zip(chosen, living, strict=True))
+    )[: len(living) * SCHEDULER_PATIENTS_PER_PROFILE]
+    return {pid: living[index % len(living)] for index, pid in enumerate(chosen)}
 
+
+SCHEDULER_PATIENTS_PER_PROFILE = 3
 
 # Outcome event type and event id suffix per medscheduler status. Statuses
 # "scheduled" (after the reference date) and "unknown" get only the

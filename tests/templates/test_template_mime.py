@@ -19,7 +19,7 @@ from carepost.templates import (
     TemplateLibrary,
     build_message,
 )
-from conftest import WriteLibrary
+from .conftest import WriteLibrary
 
 ENVELOPE = Envelope(
     from_address="news@lakeside.example.test",

@@ -16,7 +16,7 @@ from carepost.core.settings import Practice
 from carepost.core.states import Purpose
 from carepost.templates import RenderFailed, TemplateLibrary, TemplateSpecError
 from carepost.templates.rendering import is_missing
-from conftest import SHIPPED, WriteLibrary
+from .conftest import SHIPPED, WriteLibrary
 
 SUBJECTS = {
     "diabetes_education": "Sam, a free class to help you stay well",

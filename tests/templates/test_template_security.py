@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from carepost.core.settings import Practice
 from carepost.templates import RenderFailed, TemplateLibrary, TemplateSpecError
-from conftest import WriteLibrary
+from .conftest import WriteLibrary
 
 MESSAGE = {"unsubscribe_url": "https://u.example.test/x", "message_id": "<a@b>"}
 
