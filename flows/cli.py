@@ -162,6 +162,11 @@ def print_summaries(summaries: list[dict[str, Any]]) -> None:
         "DATA, left in the ledger as 'sending' and not resent.")
 
 
+# Command groups, one module each: ``carepost segments ...`` and so on.
+# Each module defines ``app = typer.Typer(...)`` and imports heavy
+# dependencies inside its commands, so ``carepost --help`` stays fast.
+
+
 def main() -> None:  # pragma: no cover - console entry point
     sys.exit(app())
 

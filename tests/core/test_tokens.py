@@ -48,3 +48,20 @@ def test_unknown_key_id_rejected() -> None:
     token = issue_token({"k9": b"elsewhere"}, 1, "u")
     with pytest.raises(TokenError):
         verify_token(KEYS, token)
+
+
+def test_click_token_carries_signed_url() -> None:
+    url = "https://www.example.test/book?visit=checkup&x=1.5"
+    claims = verify_token(KEYS, issue_token(KEYS, 5, "c2", url))
+    assert claims.url == url
+    assert claims.tag == "c2"
+
+
+def test_click_url_cannot_be_swapped() -> None:
+    import base64
+
+    token = issue_token(KEYS, 5, "c0", "https://www.example.test/a")
+    raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    swapped = raw.replace(b"www.example.test", b"evil.example.test")
+    with pytest.raises(TokenError):
+        verify_token(KEYS, base64.urlsafe_b64encode(swapped).rstrip(b"=").decode())
