@@ -1,5 +1,6 @@
 """Delivery ledger, suppression list and CDP event outbox."""
 
+from carepost.ledger.audit import AuditEntry, AuditError, AuditLog
 from carepost.ledger.ledger import (
     Claim,
     ClaimStatus,
@@ -12,6 +13,9 @@ from carepost.ledger.ledger import (
 from carepost.ledger.models import Delivery, OutboxEvent, Suppression
 
 __all__ = [
+    "AuditEntry",
+    "AuditError",
+    "AuditLog",
     "Claim",
     "ClaimStatus",
     "Delivery",
