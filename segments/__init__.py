@@ -12,13 +12,19 @@ from __future__ import annotations
 
 from carepost.segments.compiler import CompiledSegment
 from carepost.segments.errors import SegmentSpecError, UnknownSegmentError
+from carepost.segments.folder import LoadedFolder, load_folder
 from carepost.segments.library import SegmentLibrary
+from carepost.segments.recipients import RecipientRules, RecipientSelection
 from carepost.segments.spec import SegmentSpec
 
 __all__ = [
     "CompiledSegment",
+    "LoadedFolder",
+    "RecipientRules",
+    "RecipientSelection",
     "SegmentLibrary",
     "SegmentSpec",
     "SegmentSpecError",
     "UnknownSegmentError",
+    "load_folder",
 ]

@@ -4,6 +4,8 @@ The pydantic model has already checked the shape. This pass walks the
 tree with its key path and checks the names (traits, event types, event
 properties), that each comparison value suits its trait, and collects the
 ``in_segment`` references, which the library resolves across files.
+Each problem is recorded and the walk goes on, so one pass reports every
+problem of a file.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 from carepost.core.schema import EVENT_TYPES, PROFILE_COLUMNS
 from carepost.core.states import SegmentKind
+from carepost.segments.errors import SegmentSpecError
 from carepost.segments.spec import (
     AllNode,
     AnyNode,
@@ -56,18 +59,33 @@ class Reference:
 
 
 def check_spec(spec: SegmentSpec, source: SourceMap) -> list[Reference]:
-    """Check names and values in one spec; return its in_segment references."""
+    """Check names and values in one spec; return its in_segment references.
+
+    Raises the first problem; ``spec_check_problems`` returns all of them.
+    """
+    references, problems = spec_check_problems(spec, source)
+    if problems:
+        raise problems[0]
+    return references
+
+
+def spec_check_problems(
+    spec: SegmentSpec, source: SourceMap
+) -> tuple[list[Reference], list[SegmentSpecError]]:
+    """Check names and values in one spec; return its references and problems."""
     checker = _Checker(spec, source)
     checker.check_declared_traits()
     for path, node in roots(spec):
         checker.walk(node, path)
     if spec.kind is SegmentKind.BEHAVIOUR and not checker.saw_event:
-        raise source.error(
-            ("where",),
-            "at least one event condition in a behaviour segment",
-            "only trait conditions",
+        checker.problems.append(
+            source.error(
+                ("where",),
+                "at least one event condition in a behaviour segment",
+                "only trait conditions",
+            )
         )
-    return checker.references
+    return checker.references, checker.problems
 
 
 def roots(spec: SegmentSpec) -> list[tuple[KeyPath, Node]]:
@@ -87,12 +105,26 @@ class _Checker:
         self.spec = spec
         self.source = source
         self.references: list[Reference] = []
+        self.problems: list[SegmentSpecError] = []
         self.saw_event = False
+
+    def report(
+        self,
+        path: KeyPath,
+        expected: str,
+        found: str,
+        suggestion: str | None = None,
+        *,
+        of_key: bool = False,
+    ) -> None:
+        self.problems.append(
+            self.source.error(path, expected, found, suggestion, of_key=of_key)
+        )
 
     def check_declared_traits(self) -> None:
         for name in self.spec.traits:
             if name in BUILT_IN_TRAITS or name in PROFILE_COLUMNS:
-                raise self.source.error(
+                self.report(
                     ("traits", name),
                     "a name that is not a built-in trait",
                     f"'{name}'",
@@ -122,20 +154,22 @@ class _Checker:
     def check_trait(self, node: TraitNode, path: KeyPath) -> None:
         known = sorted(BUILT_IN_TRAITS | set(self.spec.traits))
         if node.trait not in known:
-            raise self.source.error(
+            self.report(
                 (*path, "trait"),
                 "a known trait or one declared under traits",
                 f"'{node.trait}'",
                 suggest(node.trait, known),
             )
+            return
 
         operator = node.operator()
         if (node.trait == CONDITIONS_TRAIT) != (operator == "contains"):
-            raise self.source.error(
+            self.report(
                 (*path, operator),
                 "contains with trait conditions, and conditions only with contains",
                 f"{operator} on '{node.trait}'",
             )
+            return
         if operator in ("contains", "exists"):
             return
 
@@ -145,12 +179,13 @@ class _Checker:
             TraitType.TEXT,
             TraitType.BOOLEAN,
         ):
-            raise self.source.error(
+            self.report(
                 (*path, operator),
                 f"equals, not_equals, in or not_in for the "
                 f"{trait_type} trait '{node.trait}'",
                 operator,
             )
+            return
         self.check_values(node, operator, trait_type, path)
 
     def check_values(
@@ -158,23 +193,25 @@ class _Checker:
     ) -> None:
         value = node.operator_value()
         values = list(value) if isinstance(value, list | tuple) else [value]
+        all_fit = True
         for index, item in enumerate(values):
             if not _fits(item, trait_type):
+                all_fit = False
                 listed = isinstance(value, list | tuple)
                 at = (*path, operator, index) if listed else (*path, operator)
-                raise self.source.error(
+                self.report(
                     at,
                     f"{_TYPE_WORDS[trait_type]} for trait '{node.trait}'",
                     describe_value(item),
                 )
-        if operator == "between" and values[0] > values[1]:
-            raise self.source.error(
+        if all_fit and operator == "between" and values[0] > values[1]:
+            self.report(
                 (*path, "between"), "the smaller bound first", "a larger bound first"
             )
 
     def check_event(self, node: EventNode | FollowNode, path: KeyPath) -> None:
         if node.event not in EVENT_TYPES:
-            raise self.source.error(
+            self.report(
                 (*path, "event"),
                 "a known event type",
                 f"'{node.event}'",
@@ -198,7 +235,7 @@ class _Checker:
         if known is None and NAME_PATTERN.match(name):
             return
         if known is None or name not in known:
-            raise self.source.error(
+            self.report(
                 path,
                 f"a property of {event_type} events",
                 f"'{name}'",
@@ -209,12 +246,10 @@ class _Checker:
     def check_property_value(self, value: Any, path: KeyPath) -> None:
         values = value if isinstance(value, list) else [value]
         if not values:
-            raise self.source.error(
-                path, "a value or a non-empty list", "an empty list"
-            )
+            self.report(path, "a value or a non-empty list", "an empty list")
         for item in values:
             if isinstance(item, float | date):
-                raise self.source.error(
+                self.report(
                     path, "text, a whole number or true/false", describe_value(item)
                 )
 

@@ -47,6 +47,14 @@ from carepost.segments.vocabulary import (
 AS_OF = "CAST($as_of AS DATE)"
 RUN_END = f"({AS_OF} + INTERVAL 1 DAY)"
 ALIVE = f"(p.deceased_at IS NULL OR timezone('UTC', p.deceased_at) >= {RUN_END})"
+# Age in whole years on the run date: one less while the birthday (month
+# and day) is still ahead in the run year, so a 29 February birthday is
+# reached on 1 March in common years.
+AGE_SQL = (
+    f"(year({AS_OF}) - year(p.birth_date) - CASE WHEN "
+    f"month({AS_OF}) * 100 + day({AS_OF}) < "
+    "month(p.birth_date) * 100 + day(p.birth_date) THEN 1 ELSE 0 END)"
+)
 
 _COMPARISONS = {
     "equals": "=",
@@ -227,14 +235,7 @@ def _trait_sql(node: TraitNode, builder: SqlBuilder) -> str:
 def _trait_expression(trait: str, builder: SqlBuilder) -> str:
     """Return the SQL for a trait's value; names come from the vocabulary."""
     if trait == AGE_TRAIT:
-        # Whole years: subtract one when the birthday (month and day) is
-        # still ahead in the run year. A 29 February birthday is therefore
-        # reached on 1 March in common years.
-        return (
-            f"(year({AS_OF}) - year(p.birth_date) - CASE WHEN "
-            f"month({AS_OF}) * 100 + day({AS_OF}) < "
-            "month(p.birth_date) * 100 + day(p.birth_date) THEN 1 ELSE 0 END)"
-        )
+        return AGE_SQL
     if trait == "deceased_at":
         return "CAST(timezone('UTC', p.deceased_at) AS DATE)"
     if trait in PROFILE_TRAITS:

@@ -7,13 +7,16 @@ from pathlib import Path
 
 import duckdb
 from carepost.core.states import SegmentKind
-from carepost.segments.checks import Reference, check_spec
 from carepost.segments.compiler import CompiledSegment, compile_segment
-from carepost.segments.errors import SegmentSpecError, UnknownSegmentError
+from carepost.segments.errors import UnknownSegmentError
+from carepost.segments.folder import load_folder
+from carepost.segments.recipients import (
+    RecipientRules,
+    RecipientSelection,
+    select_recipients,
+)
 from carepost.segments.spec import SegmentSpec
-from carepost.segments.validation import validate_spec
-from carepost.segments.vocabulary import NAME_PATTERN, suggest
-from carepost.segments.yamlsource import SourceMap, load_spec_file
+from carepost.segments.vocabulary import suggest
 
 
 class SegmentLibrary:
@@ -21,23 +24,18 @@ class SegmentLibrary:
 
     The constructor reads and validates every file, resolves ``in_segment``
     references and rejects cycles, so a library that exists is usable: the
-    first invalid file raises SegmentSpecError and nothing is loaded.
+    first problem raises SegmentSpecError and nothing is loaded.
+    ``folder.load_folder`` returns every problem instead.
     """
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise NotADirectoryError(f"segment folder not found: {self.folder}")
-        self._specs: dict[str, SegmentSpec] = {}
-        self._sources: dict[str, SourceMap] = {}
-        references: dict[str, list[Reference]] = {}
-        for path in sorted(self.folder.glob("*.yaml")):
-            references[path.stem] = self._load(path)
-
-        for name, found in references.items():
-            for reference in found:
-                self._check_reference(name, reference)
-        self._reject_cycles(references)
+        loaded = load_folder(self.folder)
+        if loaded.problems:
+            raise loaded.problems[0]
+        self._specs: dict[str, SegmentSpec] = loaded.specs
         self._compiled: dict[tuple[str, str | None], CompiledSegment] = {}
 
     def names(self) -> list[str]:
@@ -84,6 +82,23 @@ class SegmentLibrary:
         rows = conn.execute(compiled.sql, compiled.bind(_run_date(as_of))).fetchall()
         return sorted(row[0] for row in rows)
 
+    def select_recipients(
+        self,
+        conn: duckdb.DuckDBPyConnection,
+        name: str,
+        *,
+        as_of: date,
+        rules: RecipientRules,
+        stage: str | None = None,
+    ) -> RecipientSelection:
+        """Select a segment and drop everyone the campaign must not reach.
+
+        ``rules`` names the purpose, the ledger, the address hash function
+        and the frequency cap; see ``recipients.py`` for the checks.
+        """
+        compiled = self.compile(name, stage)
+        return select_recipients(conn, compiled, as_of=_run_date(as_of), rules=rules)
+
     def stage_counts(
         self, conn: duckdb.DuckDBPyConnection, name: str, *, as_of: date
     ) -> dict[str, int]:
@@ -99,72 +114,6 @@ class SegmentLibrary:
         for _profile_id, stage in rows:
             counts[stage] += 1
         return counts
-
-    def _load(self, path: Path) -> list[Reference]:
-        if not NAME_PATTERN.match(path.stem):
-            raise SegmentSpecError(
-                path,
-                1,
-                1,
-                "",
-                "a file name of lower-case letters, digits and "
-                "underscores, ending in .yaml",
-                f"'{path.name}'",
-            )
-        data, source = load_spec_file(path)
-        spec = validate_spec(data, source)
-        found = check_spec(spec, source)
-        self._specs[path.stem] = spec
-        self._sources[path.stem] = source
-        return found
-
-    def _check_reference(self, name: str, reference: Reference) -> None:
-        source = self._sources[name]
-        target = self._specs.get(reference.segment)
-        if target is None:
-            raise source.error(
-                (*reference.path, "in_segment"),
-                f"the name of a segment file in {self.folder}",
-                f"'{reference.segment}'",
-                suggest(reference.segment, self._specs),
-            )
-        if reference.stage is None:
-            return
-        stage_names = [stage.name for stage in target.stages or []]
-        if reference.stage not in stage_names:
-            raise source.error(
-                (*reference.path, "stage"),
-                f"a stage of '{reference.segment}': "
-                + (", ".join(stage_names) or "it has none"),
-                f"'{reference.stage}'",
-                suggest(reference.stage, stage_names),
-            )
-
-    def _reject_cycles(self, references: dict[str, list[Reference]]) -> None:
-        finished: set[str] = set()
-        for name in sorted(references):
-            self._visit(name, [], references, finished)
-
-    def _visit(
-        self,
-        name: str,
-        trail: list[str],
-        references: dict[str, list[Reference]],
-        finished: set[str],
-    ) -> None:
-        """Depth-first search that raises at the reference closing a cycle."""
-        if name in finished:
-            return
-        for reference in references[name]:
-            if reference.segment in (*trail, name):
-                cycle = " -> ".join([*trail, name, reference.segment])
-                raise self._sources[name].error(
-                    (*reference.path, "in_segment"),
-                    "in_segment references without a cycle",
-                    f"cycle {cycle}",
-                )
-            self._visit(reference.segment, [*trail, name], references, finished)
-        finished.add(name)
 
 
 def _run_date(as_of: date) -> date:

@@ -26,14 +26,42 @@ NODE_KEYS_TEXT = "all, any, not, trait, event or in_segment"
 
 def validate_spec(data: dict[str, Any], source: SourceMap) -> SegmentSpec:
     """Validate parsed YAML against the spec model, or raise SegmentSpecError."""
+    spec, problems = spec_problems(data, source)
+    if problems:
+        raise problems[0]
+    assert spec is not None
+    return spec
+
+
+def spec_problems(
+    data: dict[str, Any], source: SourceMap
+) -> tuple[SegmentSpec | None, list[SegmentSpecError]]:
+    """Validate parsed YAML; return the spec, or None and every problem found."""
     try:
-        return SegmentSpec.model_validate(data)
+        return SegmentSpec.model_validate(data), []
     except ValidationError as exc:
         errors = exc.errors()
-        # An unknown key often explains a "missing key" error next to it
-        # (a misspelt ``descripton``), so report it first.
-        unknown = [error for error in errors if error["type"] == "extra_forbidden"]
-        raise to_spec_error((unknown or errors)[0], data, source) from None
+
+    # An unknown key often explains a "missing key" error next to it (a
+    # misspelt ``descripton``), so unknown keys come first and a missing key
+    # beside an unknown one is not reported twice.
+    unknown = [error for error in errors if error["type"] == "extra_forbidden"]
+    parents = {resolve_loc(error["loc"])[0][:-1] for error in unknown}
+    rest = [
+        error
+        for error in errors
+        if error["type"] != "extra_forbidden"
+        and not (
+            error["type"] == "missing"
+            and resolve_loc(error["loc"])[0][:-1] in parents
+        )
+    ]
+    problems: list[SegmentSpecError] = []
+    for error in [*unknown, *rest]:
+        problem = to_spec_error(error, data, source)
+        if str(problem) not in {str(seen) for seen in problems}:
+            problems.append(problem)
+    return None, problems
 
 
 def to_spec_error(

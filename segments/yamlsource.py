@@ -3,8 +3,9 @@
 PyYAML's composer keeps a start mark on each node, but the plain loaders
 drop them when they build Python objects. ``load_spec_file`` walks the node
 graph itself, so the validator can point at ``file:line:column`` for any
-key path. It also rejects duplicate keys, which PyYAML would silently
-resolve to the last value.
+key path. It also reports duplicate keys, which PyYAML would silently
+resolve to the last value: each one is recorded in ``SourceMap.problems``
+and the first value is kept, so one pass finds every duplicate in a file.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class SourceMap:
     file: Path
     values: dict[KeyPath, tuple[int, int]] = field(default_factory=dict)
     keys: dict[KeyPath, tuple[int, int]] = field(default_factory=dict)
+    problems: list[SegmentSpecError] = field(default_factory=list)
 
     def position(self, path: KeyPath, *, of_key: bool = False) -> tuple[int, int]:
         """Return the 1-based position of a path, or of its nearest parent."""
@@ -125,17 +127,22 @@ def _convert_mapping(
         key = loader.construct_object(key_node, deep=True)
         if not isinstance(key, str):
             source.values[(*path, "?")] = _mark(key_node)
-            raise source.error((*path, "?"), "a text key", describe_value(key))
+            problem = source.error((*path, "?"), "a text key", describe_value(key))
+            source.problems.append(problem)
+            continue
 
         key_path = (*path, key)
         if key in result:
-            source.keys[key_path] = _mark(key_node)
-            raise source.error(
-                key_path,
-                "each key once in a mapping",
-                f"duplicate key '{key}'",
-                of_key=True,
+            duplicate = SourceMap(source.file, keys={key_path: _mark(key_node)})
+            source.problems.append(
+                duplicate.error(
+                    key_path,
+                    "each key once in a mapping",
+                    f"duplicate key '{key}'",
+                    of_key=True,
+                )
             )
+            continue
         source.keys[key_path] = _mark(key_node)
         result[key] = _convert(loader, value_node, key_path, source)
     return result

@@ -240,10 +240,14 @@ def test_schema_file_is_current() -> None:
 def test_public_api() -> None:
     assert sorted(carepost.segments.__all__) == [
         "CompiledSegment",
+        "LoadedFolder",
+        "RecipientRules",
+        "RecipientSelection",
         "SegmentLibrary",
         "SegmentSpec",
         "SegmentSpecError",
         "UnknownSegmentError",
+        "load_folder",
     ]
     for name in carepost.segments.__all__:
         assert hasattr(carepost.segments, name)

@@ -1,0 +1,336 @@
+"""Segment members minus everyone a campaign must not reach, in one query.
+
+``select_recipients`` wraps a compiled segment in the rules no segment can
+forget, checked in the same order as the send-time checks in
+``flows/delivery.py`` (which still run: this is the first line of defence,
+not the only one):
+
+1. deceased: any ``deceased_at``, even one after the run date;
+2. no email address;
+3. no consent for the purpose (``consent_marketing`` for marketing,
+   ``consent_contact`` for care);
+4. the address is in the ledger's ``suppressions`` table with scope
+   ``all`` or the purpose (unsubscribed, hard-bounced). The table stores a
+   keyed hash of the address, so the caller passes the hash function and
+   DuckDB calls it as a scalar function on the segment's members only;
+5. the frequency cap: ``max_messages`` or more messages of the purpose
+   sent since ``per_days`` before the run, read from the ledger's
+   ``deliveries`` table.
+
+The ledger is read through DuckDB's ``ATTACH ... (TYPE sqlite)`` when the
+sqlite extension is already installed. DuckDB 2.0.1 ships it as a separate
+download, and carepost never lets DuckDB fetch one (autoinstall is off), so
+without it the two small row sets the query needs are read with SQLAlchemy
+(SQLite or PostgreSQL) into temporary DuckDB tables instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+from carepost.core.campaign import FrequencyCap
+from carepost.core.states import DeliveryState, Purpose
+from carepost.segments.compiler import CompiledSegment
+from sqlalchemy import DateTime, bindparam, create_engine, inspect, make_url, text
+
+log = logging.getLogger(__name__)
+
+# Identifiers only: the consent column each purpose requires.
+CONSENT_COLUMNS = {
+    Purpose.MARKETING: "consent_marketing",
+    Purpose.CARE: "consent_contact",
+}
+SUPPRESSED_TABLE = "_carepost_suppressed"
+SENT_TABLE = "_carepost_recent_sends"
+
+# The reasons, in the order the send-time checks apply them.
+REASONS = ("deceased", "no_address", "no_consent", "suppressed", "frequency_cap")
+
+
+@dataclass(frozen=True)
+class RecipientRules:
+    """What a campaign run adds to its segment."""
+
+    purpose: Purpose
+    ledger_url: str
+    address_hash: Callable[[str], str]
+    frequency_cap: FrequencyCap | None = None
+    # Sends of this run key do not count towards the cap (a re-run of the
+    # same date), as in ``Ledger.sent_since``.
+    run_key: str | None = None
+
+
+@dataclass(frozen=True)
+class RecipientSelection:
+    """The profiles that may be sent to, and why the others were removed."""
+
+    profile_ids: list[str]
+    segment_size: int
+    removed: dict[str, int] = field(default_factory=dict)
+    ledger_read_by: str = ""
+
+
+def select_recipients(
+    conn: duckdb.DuckDBPyConnection,
+    compiled: CompiledSegment,
+    *,
+    as_of: date,
+    rules: RecipientRules,
+) -> RecipientSelection:
+    """Run ``compiled`` for ``as_of`` and remove everyone the rules exclude."""
+    cap_since = _cap_since(as_of, rules.frequency_cap)
+    read_by = _load_ledger_rows(conn, rules, cap_since)
+    function = f"_carepost_address_hash_{uuid.uuid4().hex[:12]}"
+    _register_hash(conn, function, rules.address_hash)
+    try:
+        sql, params = _query(compiled, as_of, rules, function)
+        rows = conn.execute(sql, params).fetchall()
+    finally:
+        conn.remove_function(function)
+        conn.execute(f"DROP TABLE IF EXISTS {SUPPRESSED_TABLE}")
+        conn.execute(f"DROP TABLE IF EXISTS {SENT_TABLE}")
+
+    removed = Counter(reason for _id, reason in rows if reason is not None)
+    kept = [profile_id for profile_id, reason in rows if reason is None]
+    log.info(
+        "recipients: %d of %d segment members kept, removed %s (ledger read by %s)",
+        len(kept),
+        len(rows),
+        dict(removed),
+        read_by,
+    )
+    return RecipientSelection(
+        profile_ids=kept,
+        segment_size=len(rows),
+        removed={reason: removed.get(reason, 0) for reason in REASONS},
+        ledger_read_by=read_by,
+    )
+
+
+def _cap_since(as_of: date, cap: FrequencyCap | None) -> datetime | None:
+    """Start of the cap window: ``per_days`` before the run, or before now.
+
+    The window ends at the earlier of now and the end of the run date, so a
+    run for today counts the same sends as the send-time check, and a run
+    for a past date counts the sends before that date.
+    """
+    if cap is None:
+        return None
+    run_end = datetime.combine(as_of + timedelta(days=1), time(), tzinfo=UTC)
+    return min(datetime.now(UTC), run_end) - timedelta(days=cap.per_days)
+
+
+def _query(
+    compiled: CompiledSegment, as_of: date, rules: RecipientRules, function: str
+) -> tuple[str, dict[str, Any]]:
+    consent = CONSENT_COLUMNS[rules.purpose]
+    cap = rules.frequency_cap
+    capped = "coalesce(sent.sent, 0) >= $cap_max" if cap is not None else "false"
+    sql = f"""
+WITH segment AS (
+{compiled.sql}
+),
+members AS (
+    SELECT s.profile_id,
+        p.deceased_at IS NOT NULL AS deceased,
+        (p.email IS NULL OR trim(p.email) = '') AS no_address,
+        NOT coalesce(p.{consent}, false) AS no_consent,
+        p.email
+    FROM segment AS s JOIN profiles AS p ON p.profile_id = s.profile_id
+),
+hashed AS (
+    SELECT profile_id, deceased, no_address, no_consent,
+        CASE WHEN NOT no_address THEN {function}(email) END AS address_hash
+    FROM members
+)
+SELECT h.profile_id,
+    CASE
+        WHEN h.deceased THEN 'deceased'
+        WHEN h.no_address THEN 'no_address'
+        WHEN h.no_consent THEN 'no_consent'
+        WHEN h.address_hash IN (SELECT address_hash FROM {SUPPRESSED_TABLE})
+            THEN 'suppressed'
+        WHEN {capped} THEN 'frequency_cap'
+    END AS reason
+FROM hashed AS h
+LEFT JOIN {SENT_TABLE} AS sent ON sent.profile_id = h.profile_id
+ORDER BY h.profile_id
+"""
+    params = compiled.bind(as_of)
+    if cap is not None:
+        params["cap_max"] = cap.max_messages
+    return sql, params
+
+
+def _register_hash(
+    conn: duckdb.DuckDBPyConnection, name: str, address_hash: Callable[[str], str]
+) -> None:
+    """Register ``address_hash`` as a vectorised DuckDB scalar function."""
+
+    def hash_column(addresses: pa.Array) -> pa.Array:
+        values = addresses.to_pylist()
+        hashed = [None if value is None else address_hash(value) for value in values]
+        return pa.array(hashed, type=pa.string())
+
+    conn.create_function(
+        name,
+        hash_column,
+        [duckdb.sqltype("VARCHAR")],
+        duckdb.sqltype("VARCHAR"),
+        type="arrow",
+        null_handling="special",
+        side_effects=False,
+    )
+
+
+# --- reading the ledger -----------------------------------------------------
+
+
+def _suppressed_sql(table: str, mark: str) -> str:
+    return (
+        f"SELECT DISTINCT address_hash FROM {table} "
+        f"WHERE scope IN ('all', {mark}purpose)"
+    )
+
+
+def _sent_sql(table: str, mark: str, since: str, run_key: str | None) -> str:
+    sql = (
+        f"SELECT profile_id, count(*) AS sent FROM {table} "
+        f"WHERE purpose = {mark}purpose AND state = {mark}state "
+        f"AND updated_at >= {since}"
+    )
+    if run_key is not None:
+        sql += f" AND run_key <> {mark}run_key"
+    return sql + " GROUP BY profile_id"
+
+
+def _sent_params(rules: RecipientRules, since: datetime) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "purpose": rules.purpose.value,
+        "state": DeliveryState.SENT.value,
+        # The ledger stores naive UTC times (SQLAlchemy's DateTime on SQLite).
+        "since": since.astimezone(UTC).replace(tzinfo=None),
+    }
+    if rules.run_key is not None:
+        params["run_key"] = rules.run_key
+    return params
+
+
+def _load_ledger_rows(
+    conn: duckdb.DuckDBPyConnection, rules: RecipientRules, cap_since: datetime | None
+) -> str:
+    """Fill the two temporary tables; return how the ledger was read."""
+    if _attach_available(conn, rules.ledger_url):
+        _load_by_attach(conn, rules, cap_since)
+        return "duckdb attach"
+    _load_by_sqlalchemy(conn, rules, cap_since)
+    return "sqlalchemy"
+
+
+def _attach_available(conn: duckdb.DuckDBPyConnection, ledger_url: str) -> bool:
+    if make_url(ledger_url).get_backend_name() != "sqlite":
+        return False
+    rows = conn.execute(
+        "SELECT installed FROM duckdb_extensions() "
+        "WHERE extension_name = 'sqlite_scanner'"
+    ).fetchall()
+    return bool(rows and rows[0][0])
+
+
+def _load_by_attach(
+    conn: duckdb.DuckDBPyConnection, rules: RecipientRules, cap_since: datetime | None
+) -> None:
+    # NOTE: this path runs only where the sqlite extension is installed;
+    # the test machine has none, so the tests cover the SQLAlchemy path.
+    path = make_url(rules.ledger_url).database
+    alias = "carepost_ledger"
+    conn.execute("LOAD sqlite_scanner")
+    conn.execute(f"ATTACH '{_quoted(path)}' AS {alias} (TYPE sqlite, READ_ONLY)")
+    try:
+        conn.execute(
+            f"CREATE OR REPLACE TEMP TABLE {SUPPRESSED_TABLE} AS "
+            + _suppressed_sql(f"{alias}.suppressions", "$"),
+            {"purpose": rules.purpose.value},
+        )
+        if cap_since is None:
+            _create_sent_table(conn, [])
+            return
+        conn.execute(
+            f"CREATE OR REPLACE TEMP TABLE {SENT_TABLE} AS "
+            + _sent_sql(
+                f"{alias}.deliveries", "$", "CAST($since AS TIMESTAMP)", rules.run_key
+            ),
+            _sent_params(rules, cap_since),
+        )
+    finally:
+        conn.execute(f"DETACH {alias}")
+
+
+def _quoted(path: str | None) -> str:
+    """Quote a file path for ATTACH, which takes no bound parameter."""
+    if not path:
+        raise ValueError("the sqlite ledger URL names no database file")
+    return path.replace("'", "''")
+
+
+def _load_by_sqlalchemy(
+    conn: duckdb.DuckDBPyConnection, rules: RecipientRules, cap_since: datetime | None
+) -> None:
+    engine = create_engine(rules.ledger_url)
+    try:
+        with engine.connect() as ledger:
+            tables = set(inspect(ledger).get_table_names())
+            suppressed: list[Any] = []
+            if "suppressions" in tables:
+                query = text(_suppressed_sql("suppressions", ":"))
+                suppressed = list(
+                    ledger.execute(query, {"purpose": rules.purpose.value})
+                )
+            sent: list[Any] = []
+            if cap_since is not None and "deliveries" in tables:
+                query = text(
+                    _sent_sql("deliveries", ":", ":since", rules.run_key)
+                ).bindparams(bindparam("since", type_=DateTime()))
+                sent = list(ledger.execute(query, _sent_params(rules, cap_since)))
+    finally:
+        engine.dispose()
+
+    hashes = pa.table(
+        {"address_hash": pa.array([row[0] for row in suppressed], pa.string())}
+    )
+    conn.register("_carepost_hashes", hashes)
+    try:
+        conn.execute(
+            f"CREATE OR REPLACE TEMP TABLE {SUPPRESSED_TABLE} AS "
+            "SELECT * FROM _carepost_hashes"
+        )
+    finally:
+        conn.unregister("_carepost_hashes")
+    _create_sent_table(conn, [(row[0], row[1]) for row in sent])
+
+
+def _create_sent_table(
+    conn: duckdb.DuckDBPyConnection, rows: list[tuple[str, int]]
+) -> None:
+    counts = pa.table(
+        {
+            "profile_id": pa.array([row[0] for row in rows], pa.string()),
+            "sent": pa.array([row[1] for row in rows], pa.int64()),
+        }
+    )
+    conn.register("_carepost_counts", counts)
+    try:
+        conn.execute(
+            f"CREATE OR REPLACE TEMP TABLE {SENT_TABLE} AS "
+            "SELECT * FROM _carepost_counts"
+        )
+    finally:
+        conn.unregister("_carepost_counts")
