@@ -9,13 +9,21 @@ on a new machine without weakening anything.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 
 from carepost.core.errors import ConfigError
 
@@ -49,6 +57,58 @@ class JsonlSink(_Strict):
     path: str = "cdp-events.jsonl"
 
 
+def _https_or_loopback(url: str) -> str:
+    """Reject a sink URL that would carry events in clear off this machine."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    loopback = parts.hostname in ("127.0.0.1", "::1", "localhost")
+    if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
+        raise ValueError(f"sink URL {url!r} must use https "
+                         "(plain http is allowed only on loopback)")
+    return url
+
+
+class HttpSinkSettings(_Strict):
+    timeout_seconds: float = Field(default=10.0, gt=0)
+    max_attempts: int = Field(default=6, ge=1, le=20)
+    max_backoff_seconds: float = Field(default=60.0, gt=0)
+
+    @field_validator("url", check_fields=False)
+    @classmethod
+    def _safe_url(cls, value: str) -> str:
+        return _https_or_loopback(value)
+
+
+class SegmentSink(HttpSinkSettings):
+    """Segment HTTP Tracking API; the write key is the Basic auth username."""
+
+    kind: Literal["segment"]
+    url: str = "https://api.segment.io/v1/batch"
+    write_key_env: str = "CAREPOST_SEGMENT_WRITE_KEY"
+
+
+class RudderStackSink(HttpSinkSettings):
+    """RudderStack HTTP API: ``url`` is the data plane's ``/v1/batch``."""
+
+    kind: Literal["rudderstack"]
+    url: str
+    write_key_env: str = "CAREPOST_RUDDERSTACK_WRITE_KEY"
+
+
+class WebhookSink(HttpSinkSettings):
+    """Any HTTPS endpoint; each request is signed with HMAC-SHA256."""
+
+    kind: Literal["webhook"]
+    url: str
+    secret_env: str = "CAREPOST_SINK_WEBHOOK_SECRET"
+    max_batch_bytes: int = Field(default=1_000_000, ge=1024)
+
+
+Sink = Annotated[JsonlSink | SegmentSink | RudderStackSink | WebhookSink,
+                 Field(discriminator="kind")]
+
+
 class SmtpSettings(_Strict):
     """How to reach the relay. There is no plaintext mode by design."""
 
@@ -72,6 +132,8 @@ class SmtpSettings(_Strict):
 class Tracking(_Strict):
     base_url: str = "https://links.example.test"
     secret_env: str = "CAREPOST_TRACKING_SECRET"
+    # Secrets of earlier rotations: links signed with them keep working.
+    previous_secret_envs: list[str] = []
 
 
 class Settings(_Strict):
@@ -80,7 +142,7 @@ class Settings(_Strict):
     practice: Practice
     sender: SenderIdentity
     source: FileSource
-    sink: JsonlSink = JsonlSink()
+    sink: Sink = JsonlSink()
     smtp: SmtpSettings = SmtpSettings()
     tracking: Tracking = Tracking()
     campaigns_dir: str = "campaigns"
@@ -125,6 +187,25 @@ class Settings(_Strict):
     @property
     def tracking_secret(self) -> bytes:
         return self.secret(self.tracking.secret_env)
+
+    @property
+    def tracking_keys(self) -> dict[str, bytes]:
+        """Return token keys by key id, the current secret first.
+
+        A key id is a short digest of its secret, so a rotated secret gets
+        a new id and tokens signed with an older secret still verify.
+        """
+        secrets_in_order = [self.tracking_secret]
+        for env_name in self.tracking.previous_secret_envs:
+            value = os.environ.get(env_name)
+            if not value:
+                raise ConfigError(
+                    f"tracking.previous_secret_envs names {env_name}, "
+                    "which is not set",
+                    hint=f"set {env_name} to the retired secret or remove it")
+            secrets_in_order.append(value.encode())
+        return {"k" + hashlib.sha256(secret).hexdigest()[:8]: secret
+                for secret in secrets_in_order}
 
 
 def _describe(error: ValidationError, source: Path) -> str:

@@ -23,7 +23,6 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from carepost.connectors.files import load_export
-from carepost.connectors.jsonl_sink import JsonlSink
 from carepost.connectors.smtp import TlsSender
 from carepost.core.campaign import Campaign, load_campaigns
 from carepost.core.errors import CarepostError, ConfigError
@@ -91,16 +90,24 @@ async def deliver_batch_task(run_token: str, campaign: str, run_key: str,
 
 
 @task(name="push-events", persist_result=False, cache_policy=NO_CACHE)
-def push_events(run_token: str) -> int:
-    """Push every pending outbox event to the CDP sink, oldest first."""
+async def push_events(run_token: str) -> int:
+    """Push pending outbox events to the configured CDP sink.
+
+    A sink that stays down does not fail the run, whose mail is already
+    sent: the events stay in the outbox for ``carepost feedback``.
+    """
+    from carepost.connectors.cdp_sinks import SinkError, build_sink
+    from carepost.flows.feedback import push_outbox
+
     run = _RUNS[run_token]
-    sink = JsonlSink(run.settings.state_path / run.settings.sink.path)
-    pushed = 0
-    while events := run.ledger.pending_events(limit=1000):
-        sink.push(event.payload for event in events)
-        run.ledger.mark_pushed(event.event_id for event in events)
-        pushed += len(events)
-    return pushed
+    sink = build_sink(run.settings)
+    try:
+        return (await push_outbox(run.ledger, sink)).pushed
+    except SinkError as exc:
+        get_run_logger().warning("events not pushed, they stay in the outbox: %s", exc)
+        return 0
+    finally:
+        await sink.aclose()
 
 
 def _resolve_campaign(settings: Settings, name: str) -> Campaign:
@@ -130,7 +137,7 @@ def _open_run(settings: Settings, campaign: Campaign, run_date: date,
         run_key=run_date.isoformat(), run_date=run_date,
         ledger=Ledger(settings.ledger_url), warehouse=warehouse, sender=sender,
         address_key=settings.address_hash_key,
-        token_keys={"k1": settings.tracking_secret},
+        token_keys=settings.tracking_keys,
     )
 
 
@@ -169,7 +176,7 @@ async def campaign_flow(campaign: str, run_date: str) -> dict[str, Any]:
             logger.info("segment %s selected %d profiles", spec.segment,
                         len(profile_ids))
             counts = await _deliver_all(token, run, profile_ids, settings.batch_size)
-            pushed = push_events(token)
+            pushed = await push_events(token)
         finally:
             _RUNS.pop(token, None)
             run.warehouse.close()

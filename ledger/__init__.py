@@ -12,6 +12,10 @@ from carepost.ledger.ledger import (
 )
 from carepost.ledger.models import Delivery, OutboxEvent, Suppression
 
+# Imported for its tables: ``Ledger.__init__`` creates every table that
+# ``SQLModel.metadata`` knows when the ledger is first opened.
+from carepost.ledger import engagement  # noqa: E402,F401  isort: skip
+
 __all__ = [
     "AuditEntry",
     "AuditError",
@@ -24,6 +28,7 @@ __all__ = [
     "Settlement",
     "Suppression",
     "delivery_key",
+    "engagement",
     "hash_address",
     "outbox_event",
 ]
