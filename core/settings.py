@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from carepost.core.errors import ConfigError
+from carepost.core.retention import RetentionSettings
 
 CONFIG_FILE = "carepost.yaml"
 
@@ -149,6 +150,7 @@ class Settings(_Strict):
     segments_dir: str = "segments/library"
     templates_dir: str = "templates/library"
     batch_size: int = Field(default=500, ge=1, le=5000)
+    retention: RetentionSettings = RetentionSettings()
 
     def path(self, relative: str) -> Path:
         candidate = Path(relative)

@@ -29,7 +29,8 @@ from carepost.core.errors import CarepostError, ConfigError
 from carepost.core.schema import create_tables
 from carepost.core.settings import Settings, load_settings
 from carepost.flows.delivery import RunContext, deliver_batch
-from carepost.ledger import Ledger
+from carepost.flows.audit_trail import record_finished, record_run_inputs, record_segment
+from carepost.ledger import AuditLog, Ledger
 from carepost.segments import SegmentLibrary
 from carepost.templates import TemplateLibrary
 
@@ -130,6 +131,9 @@ def _open_run(settings: Settings, campaign: Campaign, run_date: date,
             f"template {template.name} declares {template.purpose.value}",
             hint="make the two purposes agree",
         )
+    audit = AuditLog(settings.ledger_url)
+    record_run_inputs(audit, campaign=campaign.name, run_key=run_date.isoformat(),
+                      template_name=template.name, template_version=template.version)
     warehouse = duckdb.connect(str(settings.warehouse_path))
     create_tables(warehouse)
     return RunContext(
@@ -137,7 +141,7 @@ def _open_run(settings: Settings, campaign: Campaign, run_date: date,
         run_key=run_date.isoformat(), run_date=run_date,
         ledger=Ledger(settings.ledger_url), warehouse=warehouse, sender=sender,
         address_key=settings.address_hash_key,
-        token_keys=settings.tracking_keys,
+        token_keys=settings.tracking_keys, audit=audit,
     )
 
 
@@ -175,12 +179,18 @@ async def campaign_flow(campaign: str, run_date: str) -> dict[str, Any]:
             profile_ids = select_segment(token)
             logger.info("segment %s selected %d profiles", spec.segment,
                         len(profile_ids))
+            record_segment(run.audit, campaign=campaign, run_key=run.run_key,
+                           segment=spec.segment, count=len(profile_ids))
             counts = await _deliver_all(token, run, profile_ids, settings.batch_size)
             pushed = await push_events(token)
+            record_finished(run.audit, campaign=campaign, run_key=run.run_key,
+                            segment_size=len(profile_ids), counts=counts,
+                            events_pushed=pushed)
         finally:
             _RUNS.pop(token, None)
             run.warehouse.close()
             run.ledger.close()
+            run.audit.close()
 
     summary: dict[str, Any] = {"campaign": campaign, "run_date": day.isoformat(),
                                "segment_size": len(profile_ids)}

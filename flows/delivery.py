@@ -30,8 +30,16 @@ from carepost.core.phi import PHI
 from carepost.core.settings import Settings
 from carepost.core.states import DeliveryState, Purpose
 from carepost.core.tokens import issue_token
+from carepost.flows.audit_trail import record_batch
 from carepost.flows.context import Recipient, load_recipients
-from carepost.ledger import ClaimStatus, Ledger, Settlement, hash_address, outbox_event
+from carepost.ledger import (
+    AuditLog,
+    ClaimStatus,
+    Ledger,
+    Settlement,
+    hash_address,
+    outbox_event,
+)
 from carepost.templates import (
     Envelope,
     HeaderInjectionError,
@@ -63,6 +71,8 @@ class RunContext:
     sender: TlsSender
     address_key: bytes
     token_keys: dict[str, bytes]
+    # Receives one ``delivery.batch`` entry per batch (ids and counts only).
+    audit: AuditLog | None = None
 
 
 def _skip_reason(run: RunContext, recipient: Recipient, address_hash: str | None
@@ -211,4 +221,8 @@ async def deliver_batch(run: RunContext, profile_ids: list[str]) -> Counter[str]
     if missing:
         log.warning("%d profile ids of the batch are not in the warehouse", missing)
     states = await asyncio.gather(*(deliver_one(run, r) for r in recipients))
+    if run.audit is not None:
+        outcomes = dict(zip((r.profile_id for r in recipients), states))
+        record_batch(run.audit, run.ledger, campaign=run.campaign.name,
+                     run_key=run.run_key, outcomes=outcomes)
     return Counter(states)

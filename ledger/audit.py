@@ -13,7 +13,7 @@ Invariants a change must keep:
 - There is no update or delete API. On SQLite, triggers abort UPDATE and
   DELETE on the table. The retention purge (``carepost.ledger.retention``)
   is the one documented way to remove expired entries: it removes the
-  oldest entries only and records an ``audit.purged`` entry naming the
+  oldest entries only and records a ``retention.purged`` entry naming the
   last removed id and its hash, which becomes the new start of the chain.
 - Details never carry PHI: values are ``str``, ``int`` or ``None``, and a
   value that looks like an email address or is a ``PHI`` object is
@@ -30,7 +30,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import IO, Any
 
 from sqlalchemy import DDL, Column, Integer, String, Text, event, text
 from sqlalchemy.engine import Connection, Engine
@@ -41,7 +41,7 @@ from carepost.core.phi import PHI
 
 SERVICE_IDENTITY_ENV = "CAREPOST_SERVICE_IDENTITY"
 GENESIS_HASH = "0" * 64
-PURGE_ACTION = "audit.purged"
+PURGE_ACTION = "retention.purged"
 MAX_DETAIL_LENGTH = 8192
 
 _EMAIL = re.compile(r"[^\s@<>]+@[^\s@<>]+")
@@ -100,6 +100,31 @@ for _statement in (SQLITE_NO_UPDATE, SQLITE_NO_DELETE):
 # rests on the missing API and on database grants.
 
 
+def insert_entry(session: Session, *, actor: str, action: str, target: str,
+                 details: str) -> AuditEntry:
+    """Add one entry chained to the last one; the caller commits.
+
+    ``details`` is the JSON text ``encode_details`` returned. The session
+    must come from ``AuditLog.write_session`` so no other append interleaves.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.exec(text("LOCK TABLE audit_log IN EXCLUSIVE MODE"))
+    last = session.exec(
+        select(AuditEntry).order_by(AuditEntry.id.desc()).limit(1)
+    ).first()
+    entry = AuditEntry(
+        id=(last.id + 1) if last else 1,
+        created_at=datetime.now(UTC).isoformat(timespec="microseconds"),
+        actor=actor, action=action, target=target, details=details,
+        prev_hash=last.entry_hash if last else GENESIS_HASH,
+        entry_hash="",
+    )
+    entry.entry_hash = compute_hash(entry)
+    session.add(entry)
+    session.flush()
+    return entry
+
+
 def canonical_form(entry: AuditEntry) -> str:
     """Return the JSON text that ``entry_hash`` is computed over."""
     fields = {"id": entry.id, "created_at": entry.created_at, "actor": entry.actor,
@@ -142,7 +167,7 @@ def check_value(name: str, value: object) -> None:
                              hint="pass a count or an id range")
 
 
-def _encode_details(details: dict[str, DetailValue] | None) -> str:
+def encode_details(details: dict[str, DetailValue] | None) -> str:
     details = details or {}
     for key, value in details.items():
         if not isinstance(key, str) or not _KEY.match(key):
@@ -236,26 +261,22 @@ class AuditLog:
         """Append one entry chained to the current last one and return it."""
         check_value("target", target)
         check_value("action", action)
-        encoded = _encode_details(details)
+        encoded = encode_details(details)
         who = actor if actor is not None else default_actor()
         check_value("actor", who)
-        with Session(self._writer, expire_on_commit=False) as session:
-            if not self.is_sqlite:
-                session.exec(text("LOCK TABLE audit_log IN EXCLUSIVE MODE"))
-            last = session.exec(
-                select(AuditEntry).order_by(AuditEntry.id.desc()).limit(1)
-            ).first()
-            entry = AuditEntry(
-                id=(last.id + 1) if last else 1,
-                created_at=datetime.now(UTC).isoformat(timespec="microseconds"),
-                actor=who, action=action, target=target, details=encoded,
-                prev_hash=last.entry_hash if last else GENESIS_HASH,
-                entry_hash="",
-            )
-            entry.entry_hash = compute_hash(entry)
-            session.add(entry)
+        with self.write_session() as session:
+            entry = insert_entry(session, actor=who, action=action, target=target,
+                                 details=encoded)
             session.commit()
         return entry
+
+    def write_session(self) -> Session:
+        """Open a session whose transaction holds the audit write lock.
+
+        SQLite takes it at BEGIN (see ``_sqlite_begin``); PostgreSQL takes
+        it with the first statement of ``insert_entry``.
+        """
+        return Session(self._writer, expire_on_commit=False)
 
     def entries(self, *, since: date | datetime | None = None,
                 action: str | None = None, target: str | None = None
@@ -306,7 +327,7 @@ class AuditLog:
 def verify_chain(entries: Iterable[AuditEntry]) -> VerifyReport:
     """Check ids, hashes and links of ``entries`` given in id order.
 
-    The first entry may start after id 1 only if an ``audit.purged`` entry
+    The first entry may start after id 1 only if a ``retention.purged`` entry
     later in the chain names the removed range and the hash it ends with.
     """
     problems: list[ChainProblem] = []
@@ -363,7 +384,7 @@ def _check_start(first: AuditEntry, anchors: dict[int, str]) -> list[ChainProble
     anchor = anchors.get(first.id - 1)
     if anchor is None:
         return [ChainProblem(first.id, f"entries 1..{first.id - 1} are missing "
-                             "and no audit.purged entry records their removal")]
+                             "and no retention.purged entry records their removal")]
     if anchor != first.prev_hash:
         return [ChainProblem(first.id, "previous-entry hash does not match the "
                              "purge record", anchor, first.prev_hash)]
@@ -376,6 +397,39 @@ def _purge_anchor(entry: AuditEntry) -> tuple[int, str] | None:
     if isinstance(through, int) and isinstance(anchor, str):
         return through, anchor
     return None
+
+
+def export_entries(audit: AuditLog, since: date, handle: IO[str]) -> int:
+    """Write entries created on or after ``since`` as JSON Lines; return the count."""
+    count = 0
+    for entry in audit.entries(since=since):
+        handle.write(json.dumps(entry.to_record(), sort_keys=True) + "\n")
+        count += 1
+    return count
+
+
+def id_ranges(ids: Iterable[int]) -> str:
+    """Return sorted ids as compact ranges, such as ``"3-7,9,12-40"``."""
+    ordered = sorted(set(ids))
+    parts: list[str] = []
+    start = previous = None
+    for number in ordered + [None]:
+        if previous is not None and number == previous + 1:
+            previous = number
+            continue
+        if start is not None:
+            parts.append(str(start) if start == previous else f"{start}-{previous}")
+        start = previous = number
+    return ",".join(parts)
+
+
+def parse_id_ranges(text: str) -> list[int]:
+    """Return the ids that ``id_ranges`` encoded in ``text``."""
+    ids: list[int] = []
+    for part in filter(None, text.split(",")):
+        first, _, last = part.partition("-")
+        ids.extend(range(int(first), int(last or first) + 1))
+    return ids
 
 
 def _iso_start(moment: date | datetime) -> str:

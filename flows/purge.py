@@ -1,0 +1,31 @@
+"""The ``purge`` Prefect flow: enforce the retention of carepost.yaml.
+
+Run it daily (``PURGE_CRON``), from ``carepost purge`` or a deployment.
+Its parameters and result are counts and flags only. Every real run
+appends one ``retention.purged`` audit entry with the rows removed per
+data class; a dry run counts and changes nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from carepost.core.settings import load_settings
+from carepost.ledger.retention import purge_expired
+
+# Daily, at a quiet hour in the practice's time zone.
+# NOTE: nothing schedules this yet; `carepost serve` does not exist, so
+# run `carepost purge` from cron or deploy purge_flow with this cron.
+PURGE_CRON = "30 3 * * *"
+
+
+@flow(name="purge", flow_run_name="purge-{dry_run}", persist_result=False)
+async def purge_flow(dry_run: bool = False) -> dict[str, Any]:
+    """Remove ledger rows older than their retention and audit the counts."""
+    logger = get_run_logger()
+    settings = load_settings()
+    report = purge_expired(settings.ledger_url, settings.retention, dry_run=dry_run)
+    logger.info("purge %s: %s", "dry run" if dry_run else "done", report.removed)
+    return report.as_dict()
