@@ -1,18 +1,26 @@
-"""Load a CDP file export (CSV, Parquet or NDJSON) into the canonical tables.
+"""Load CDP file exports (CSV, Parquet, NDJSON) into the canonical tables.
 
-Contract of ``load_export(conn, profiles_path, events_path)``:
+Two entry points:
 
-- It creates the canonical tables, loads the profiles file, then the events
-  file, in one transaction, and returns a ``LoadSummary``. The caller must
-  not have a transaction open on ``conn``.
+- ``load_export(conn, profiles_path, events_path)`` loads one profiles file
+  and one events file with canonical column names, in one transaction.
+- ``sync_files(conn, name, spec, root)`` syncs a configured ``files``
+  source: paths or glob patterns, a column mapping (``files_mapping``), a
+  declared encoding and time zone, incremental re-runs and, for a full
+  export, deletions. See ``connectors/README.md``.
+
+Rules shared by both:
+
 - The reader follows the file suffix: ``.csv``, ``.parquet``, ``.ndjson``
-  or ``.jsonl``. CSV and NDJSON must be UTF-8 (a byte order mark is
-  accepted). Ids are read as text. Times are stored as UTC ``TIMESTAMPTZ``,
-  and a time without a UTC offset is read as UTC.
-- Profiles are upserted by ``profile_id``: the last row of the file wins,
-  so loading the same export twice leaves the same rows. Events are
-  inserted once per ``event_id``. A later row with the same id, in the
-  file or already in the table, is dropped and counted.
+  or ``.jsonl``. CSV is UTF-8 (a byte order mark is accepted) or the
+  declared Latin-1; quoted line breaks and mixed CRLF and LF line ends are
+  read. NDJSON must be UTF-8. Ids are read as text.
+- Times are stored as UTC ``TIMESTAMPTZ``; a time without a UTC offset is
+  read in the source's declared zone (UTC for ``load_export``).
+- Profiles are upserted by ``profile_id`` and rows of one id are merged
+  (``connectors.sync``). Events are inserted once per ``event_id``: a
+  later row with the same id, in the file or already in the table, is
+  dropped and counted.
 - A row that cannot be loaded goes to the ``quarantine`` table with the
   source file, its row number and reasons that name the column, never the
   value, and the other rows load. Reloading a file replaces its earlier
@@ -22,10 +30,12 @@ Contract of ``load_export(conn, profiles_path, events_path)``:
 Errors:
 
     CarepostError (carepost.core.errors)
-    └── SourceError   a whole file is unusable: missing, unsupported suffix,
-                      unreadable, not UTF-8 (NDJSON), or a required column
-                      is absent. The transaction is rolled back, so nothing
-                      from either file is loaded.
+    ├── SourceError   a whole file is unusable: missing, unsupported suffix,
+    │                 unreadable, not valid in its encoding (NDJSON), or a
+    │                 required column is absent. The transaction is rolled
+    │                 back, so nothing of that sync is loaded.
+    └── MappingError  (files_mapping) the mapping file is invalid or names
+                      a column the export does not have.
 
 Any other duckdb.Error is a bug in this module and propagates.
 """
@@ -33,44 +43,37 @@ Any other duckdb.Error is a bug in this module and propagates.
 from __future__ import annotations
 
 import logging
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
-import pyarrow as pa
-from email_validator import EmailNotValidError, validate_email
 
+from carepost.connectors.files_mapping import ColumnExpr, Rule, rule_sql
+from carepost.connectors.sync import apply_staged_events, apply_staged_profiles, transaction
+from carepost.connectors.sync_checks import (
+    EVENT_REQUIRED,
+    PROFILE_REQUIRED,
+    STAGE,
+    clean,
+    clear_quarantine,
+)
 from carepost.core.errors import CarepostError
-from carepost.core.schema import EVENT_COLUMNS, EVENT_TYPES, PROFILE_COLUMNS, create_tables
+from carepost.core.schema import EVENT_COLUMNS, PROFILE_COLUMNS, create_tables
 
 log = logging.getLogger("carepost.connectors.files")
 
-# The demo's addresses are on this domain. email-validator rejects the
-# special-use "test" TLD unless test_environment=True, and that flag admits
-# every *.test domain, so it is passed only for this exact domain.
-DEMO_EMAIL_DOMAIN = "example.test"
+__all__ = [
+    "LoadSummary", "ReadOptions", "SourceError", "insertion_order", "load_events_file",
+    "load_export", "load_profiles_file",
+]
 
-PROFILE_REQUIRED = ("profile_id",)
-EVENT_REQUIRED = ("event_id", "profile_id", "type", "occurred_at")
-# Columns that may contain line breaks: JSON documents, which are validated
-# as JSON instead. A CR or LF in any other column quarantines the row,
-# because names, ids and addresses reach e-mail headers and logs.
-JSON_COLUMNS = frozenset({"traits", "properties"})
-
-QUARANTINE_DDL = """
-CREATE TABLE IF NOT EXISTS quarantine (
-    source_file VARCHAR NOT NULL,
-    source_row BIGINT NOT NULL,
-    reason VARCHAR NOT NULL,
-    quarantined_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp,
-    PRIMARY KEY (source_file, source_row)
-)
-"""
-
-STAGE = "_carepost_stage"
-EMAILS = "_carepost_emails"
 REJECTS = "_carepost_csv_rejects"
 REJECT_SCANS = "_carepost_csv_reject_scans"
+EXPORT_IDS = "_carepost_export_ids"
+CHUNK_BYTES = 8 * 1024 * 1024
 
 # Plain words for the errors DuckDB's CSV reader stores in its rejects table.
 CSV_ERROR_WORDS = {
@@ -80,7 +83,6 @@ CSV_ERROR_WORDS = {
     "UNQUOTED VALUE": "quote character inside an unquoted value",
     "LINE SIZE OVER MAXIMUM": "line too long",
 }
-
 
 class SourceError(CarepostError):
     """A source file cannot be loaded at all; the message names the file."""
@@ -102,31 +104,23 @@ class LoadSummary:
     quarantined: int
 
 
+@dataclass(frozen=True)
+class ReadOptions:
+    """How to read one table's files: encoding and column rules."""
+
+    encoding: str = "utf-8"
+    rules: dict[str, Rule] | None = None
+
+
 def load_export(
     conn: duckdb.DuckDBPyConnection, profiles_path: Path, events_path: Path
 ) -> LoadSummary:
     """Load one profiles file and one events file into the canonical tables."""
     profiles_path, events_path = Path(profiles_path), Path(events_path)
     create_tables(conn)
-    conn.execute(QUARANTINE_DDL)
-
-    previous_order = conn.execute(
-        "SELECT current_setting('preserve_insertion_order')"
-    ).fetchone()[0]
-    # Row numbers of CSV rows come from the order of rowid in a staging
-    # table, which follows file order only while insertion order is preserved.
-    conn.execute("SET preserve_insertion_order = true")
-
-    conn.begin()
-    try:
-        profiles, bad_profiles = _load_profiles(conn, profiles_path)
-        events, duplicates, bad_events = _load_events(conn, events_path)
-        conn.commit()
-    except BaseException:
-        conn.rollback()
-        raise
-    finally:
-        conn.execute(f"SET preserve_insertion_order = {bool(previous_order)}")
+    with insertion_order(conn), transaction(conn):
+        profiles, bad_profiles, _ = load_profiles_file(conn, profiles_path, ReadOptions())
+        events, duplicates, bad_events = load_events_file(conn, events_path, ReadOptions())
 
     summary = LoadSummary(profiles, events, duplicates, bad_profiles + bad_events)
     log.info(
@@ -140,11 +134,69 @@ def load_export(
     return summary
 
 
+@contextmanager
+def insertion_order(conn: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    # Row numbers of CSV rows come from the order of rowid in a staging
+    # table, which follows file order only while insertion order is preserved.
+    previous = conn.execute("SELECT current_setting('preserve_insertion_order')").fetchone()[0]
+    conn.execute("SET preserve_insertion_order = true")
+    try:
+        yield
+    finally:
+        conn.execute(f"SET preserve_insertion_order = {bool(previous)}")
+
+
+def load_profiles_file(
+    conn: duckdb.DuckDBPyConnection, path: Path, options: ReadOptions, *,
+    replace: bool = False, collect_ids: bool = False,
+) -> tuple[int, int, int]:
+    """Upsert one file's valid profiles; return (loaded, quarantined, merged)."""
+    _stage(conn, path, list(PROFILE_COLUMNS), PROFILE_REQUIRED, options)
+    if collect_ids:
+        _collect_ids(conn, "profile_id")
+    source_file = str(path.resolve())
+    clear_quarantine(conn, source_file)
+    loaded, quarantined, merged = apply_staged_profiles(conn, source_file, replace=replace)
+    log.info("loaded %d profiles from %s", loaded, path.name)
+    return loaded, quarantined, merged
+
+
+def load_events_file(
+    conn: duckdb.DuckDBPyConnection, path: Path, options: ReadOptions, *,
+    collect_ids: bool = False,
+) -> tuple[int, int, int]:
+    """Insert one file's new valid events; return (inserted, duplicates, quarantined)."""
+    _stage(conn, path, list(EVENT_COLUMNS), EVENT_REQUIRED, options)
+    if collect_ids:
+        _collect_ids(conn, "event_id")
+    source_file = str(path.resolve())
+    clear_quarantine(conn, source_file)
+    inserted, duplicates, quarantined = apply_staged_events(conn, source_file)
+    log.info(
+        "loaded %d events from %s, dropped %d duplicate event ids",
+        inserted, path.name, duplicates,
+    )
+    return inserted, duplicates, quarantined
+
+
+def _collect_ids(conn: duckdb.DuckDBPyConnection, column: str) -> None:
+    """Remember the ids of a full export, quarantined rows included."""
+    conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {EXPORT_IDS} (id VARCHAR)")
+    conn.execute(
+        f"INSERT INTO {EXPORT_IDS} SELECT DISTINCT {clean(column)} FROM {STAGE} "
+        f"WHERE {clean(column)} IS NOT NULL"
+    )
+
+
 # --- staging: every reader gives (source_row, row_problem, columns as text)
 
 
 def _stage(
-    conn: duckdb.DuckDBPyConnection, path: Path, columns: list[str], required: tuple[str, ...]
+    conn: duckdb.DuckDBPyConnection,
+    path: Path,
+    columns: list[str],
+    required: tuple[str, ...],
+    options: ReadOptions,
 ) -> None:
     """Create the staging table from one file, all canonical columns as text.
 
@@ -156,11 +208,12 @@ def _stage(
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":
-            _stage_csv(conn, path, columns, required)
+            with _lf_line_ends(path) as readable:
+                _stage_csv(conn, readable, path, columns, required, options)
         elif suffix == ".parquet":
-            _stage_parquet(conn, path, columns, required)
+            _stage_parquet(conn, path, columns, required, options)
         elif suffix in (".ndjson", ".jsonl"):
-            _stage_ndjson(conn, path, columns)
+            _stage_ndjson(conn, path, columns, required, options)
         else:
             raise SourceError(
                 f"unsupported export file suffix {suffix!r}: {path.name}",
@@ -181,18 +234,39 @@ def _quote(name: str) -> str:
 
 
 def _source_columns(
-    conn: duckdb.DuckDBPyConnection, relation: str, path: Path, required: tuple[str, ...]
+    conn: duckdb.DuckDBPyConnection, relation: str
 ) -> dict[str, tuple[str, str]]:
     """Map lower-cased column names of ``relation`` to (name, DuckDB type)."""
     described = conn.execute(f"DESCRIBE {relation}").fetchall()
-    found = {row[0].lower(): (row[0], row[1]) for row in described}
-    missing = [name for name in required if name not in found]
+    return {row[0].lower(): (row[0], row[1]) for row in described}
+
+
+def _column_exprs(
+    columns: list[str],
+    required: tuple[str, ...],
+    column_expr: ColumnExpr,
+    path: Path,
+    options: ReadOptions,
+) -> list[str]:
+    """Return one SQL text expression per canonical column, mapped or by name."""
+    rules = options.rules or {}
+    missing = [
+        name for name in required if name not in rules and column_expr(name) is None
+    ]
     if missing:
         raise SourceError(
             f"{path.name} has no column {', '.join(missing)}",
-            hint="export the canonical column names of carepost.core.schema",
+            hint="export the canonical column names of carepost.core.schema "
+            "or map them in a mapping file",
         )
-    return found
+    selected = []
+    for name in columns:
+        if name in rules:
+            expression = rule_sql(name, rules[name], column_expr, f"{path.name}: {name}")
+        else:
+            expression = column_expr(name) or "NULL::VARCHAR"
+        selected.append(f"{expression} AS {name}")
+    return selected
 
 
 def _as_text(name: str, duckdb_type: str) -> str:
@@ -209,13 +283,18 @@ def _as_text(name: str, duckdb_type: str) -> str:
 def _stage_from(
     conn: duckdb.DuckDBPyConnection,
     relation: str,
-    found: dict[str, tuple[str, str]],
+    path: Path,
     columns: list[str],
+    required: tuple[str, ...],
+    options: ReadOptions,
 ) -> None:
-    selected = [
-        f"{_as_text(*found[name])} AS {name}" if name in found else f"NULL::VARCHAR AS {name}"
-        for name in columns
-    ]
+    found = _source_columns(conn, relation)
+
+    def column_expr(name: str) -> str | None:
+        source = found.get(name.lower())
+        return _as_text(*source) if source else None
+
+    selected = _column_exprs(columns, required, column_expr, path, options)
     conn.execute(
         f"CREATE OR REPLACE TEMP TABLE {STAGE} AS "
         f"SELECT source_row, row_problem, {', '.join(selected)} FROM {relation}"
@@ -223,7 +302,11 @@ def _stage_from(
 
 
 def _stage_parquet(
-    conn: duckdb.DuckDBPyConnection, path: Path, columns: list[str], required: tuple[str, ...]
+    conn: duckdb.DuckDBPyConnection,
+    path: Path,
+    columns: list[str],
+    required: tuple[str, ...],
+    options: ReadOptions,
 ) -> None:
     conn.execute(
         "CREATE OR REPLACE TEMP TABLE _carepost_source AS "
@@ -231,13 +314,21 @@ def _stage_parquet(
         "FROM read_parquet(?, file_row_number = true)",
         [str(path)],
     )
-    found = _source_columns(conn, "_carepost_source", path, required)
-    _stage_from(conn, "_carepost_source", found, columns)
+    _stage_from(conn, "_carepost_source", path, columns, required, options)
     conn.execute("DROP TABLE _carepost_source")
 
 
-def _stage_ndjson(conn: duckdb.DuckDBPyConnection, path: Path, columns: list[str]) -> None:
+def _stage_ndjson(
+    conn: duckdb.DuckDBPyConnection,
+    path: Path,
+    columns: list[str],
+    required: tuple[str, ...],
+    options: ReadOptions,
+) -> None:
     """Stage NDJSON line by line, so a bad line is quarantined by its number.
+
+    Keys match exactly. A required key absent from every line is not an
+    error here: each row is quarantined as missing it.
 
     NOTE: read_text loads the whole file into memory as one string.
     """
@@ -253,7 +344,11 @@ def _stage_ndjson(conn: duckdb.DuckDBPyConnection, path: Path, columns: list[str
         """,
         [str(path)],
     )
-    selected = [f"doc ->> '$.{name}' AS {name}" for name in columns]
+    def column_expr(name: str) -> str:
+        path_text = '$."' + name.replace('"', '\\"') + '"'
+        return "doc ->> '" + path_text.replace("'", "''") + "'"
+
+    selected = _column_exprs(columns, (), column_expr, path, options)
     conn.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE {STAGE} AS
@@ -269,7 +364,12 @@ def _stage_ndjson(conn: duckdb.DuckDBPyConnection, path: Path, columns: list[str
 
 
 def _stage_csv(
-    conn: duckdb.DuckDBPyConnection, path: Path, columns: list[str], required: tuple[str, ...]
+    conn: duckdb.DuckDBPyConnection,
+    readable: Path,
+    path: Path,
+    columns: list[str],
+    required: tuple[str, ...],
+    options: ReadOptions,
 ) -> None:
     """Stage a CSV file, keeping the rows DuckDB's reader rejects.
 
@@ -285,20 +385,20 @@ def _stage_csv(
     conn.execute(
         "CREATE OR REPLACE TEMP TABLE _carepost_csv AS SELECT * FROM read_csv(?, "
         "header = true, all_varchar = true, delim = ',', quote = '\"', escape = '\"', "
-        f"encoding = 'utf-8', store_rejects = true, rejects_table = '{REJECTS}', "
-        f"rejects_scan = '{REJECT_SCANS}')",
-        [str(path)],
+        "encoding = ?, store_rejects = true, "
+        f"rejects_table = '{REJECTS}', rejects_scan = '{REJECT_SCANS}')",
+        [str(readable), options.encoding],
     )
-    found = _source_columns(conn, "_carepost_csv", path, required)
-    conn.execute(_csv_numbering_sql())
-    _stage_from(conn, "_carepost_csv_numbered", found, columns)
+    conn.execute(_csv_numbering_sql(options.encoding))
+    _stage_from(conn, "_carepost_csv_numbered", path, columns, required, options)
     for table in ("_carepost_csv_numbered", "_carepost_csv", REJECTS, REJECT_SCANS):
         conn.execute(f"DROP TABLE IF EXISTS {table}")
 
 
-def _csv_numbering_sql() -> str:
+def _csv_numbering_sql(encoding: str) -> str:
     words = " ".join(
-        f"WHEN '{kind}' THEN '{text}'" for kind, text in CSV_ERROR_WORDS.items()
+        f"WHEN '{kind}' THEN '{text.replace('UTF-8', encoding_name(encoding))}'"
+        for kind, text in CSV_ERROR_WORDS.items()
     )
     return f"""
         CREATE OR REPLACE TEMP TABLE _carepost_csv_numbered AS
@@ -329,249 +429,48 @@ def _csv_numbering_sql() -> str:
     """
 
 
-# --- validation -------------------------------------------------------------
 
 
-def _clean(column: str) -> str:
-    """Return SQL for a staged value with spaces and tabs trimmed, '' as NULL."""
-    return f"NULLIF(trim({column}, ' ' || chr(9)), '')"
+def encoding_name(encoding: str) -> str:
+    return {"utf-8": "UTF-8", "latin-1": "Latin-1"}.get(encoding, encoding)
 
 
-def _line_break_checks(columns: list[str]) -> list[str]:
-    return [
-        f"CASE WHEN regexp_matches({name}, '[\\r\\n]') "
-        f"THEN '{name}: contains CR or LF' END"
-        for name in columns
-        if name not in JSON_COLUMNS
-    ]
+@contextmanager
+def _lf_line_ends(path: Path) -> Iterator[Path]:
+    """Yield a CSV path that DuckDB can read when line ends are mixed.
 
-
-def _reasons_sql(checks: list[str]) -> str:
-    """Return SQL for the '; '-joined reasons of a staged row, or NULL."""
-    listed = ", ".join(checks)
-    return (
-        "CASE WHEN row_problem IS NOT NULL THEN row_problem ELSE "
-        f"NULLIF(array_to_string(list_filter([{listed}], lambda r: r IS NOT NULL), '; '), '') END"
-    )
-
-
-def _parse_check(column: str, sql_type: str, words: str) -> str:
-    value = _clean(column)
-    return (
-        f"CASE WHEN {value} IS NOT NULL AND TRY_CAST({value} AS {sql_type}) IS NULL "
-        f"THEN '{column}: {words}' END"
-    )
-
-
-def _json_object_check(column: str) -> str:
-    value = _clean(column)
-    return (
-        f"CASE WHEN {value} IS NOT NULL AND coalesce(json_type(TRY_CAST({value} AS JSON)) "
-        f"<> 'OBJECT', true) THEN '{column}: not a JSON object' END"
-    )
-
-
-def _email_problem(raw: str) -> tuple[str | None, str | None]:
-    """Validate one address; return (normalised address, None) or (None, reason)."""
-    address = raw.strip(" \t")
-    if not address:
-        return None, None
-    domain = address.rpartition("@")[2].lower()
-    try:
-        result = validate_email(
-            address,
-            check_deliverability=False,
-            test_environment=domain == DEMO_EMAIL_DOMAIN,
-        )
-    except EmailNotValidError:
-        return None, "email: invalid address"
-    # email-validator lower-cases the domain and keeps the local part.
-    return result.normalized, None
-
-
-def _check_emails(conn: duckdb.DuckDBPyConnection) -> None:
-    """Validate the staged addresses into a table (source_row, email, problem).
-
-    Rows with a CR or LF are skipped here, because the line-break check
-    already quarantines them.
+    DuckDB's reader (1.x and 2.0) rejects a file that mixes CRLF and LF
+    line ends unless strict mode is off, and turning it off would also
+    accept rows with too many columns. A mixed file is copied with every
+    CRLF as LF. A CRLF inside a quoted value changes too, but such a value
+    is quarantined for its line break anyway, except in ``traits`` and
+    ``properties``, where JSON does not care.
     """
-    rows = conn.execute(
-        f"SELECT source_row, email FROM {STAGE} "
-        "WHERE email IS NOT NULL AND NOT regexp_matches(email, '[\\r\\n]')"
-    ).fetchall()
-    numbers, addresses, problems = [], [], []
-    for source_row, raw in rows:
-        address, problem = _email_problem(raw)
-        numbers.append(source_row)
-        addresses.append(address)
-        problems.append(problem)
-    checked = pa.table({
-        "source_row": pa.array(numbers, pa.int64()),
-        "email": pa.array(addresses, pa.string()),
-        "problem": pa.array(problems, pa.string()),
-    })
-    conn.register("_carepost_checked_emails", checked)
-    conn.execute(
-        f"CREATE OR REPLACE TEMP TABLE {EMAILS} AS SELECT * FROM _carepost_checked_emails"
-    )
-    conn.unregister("_carepost_checked_emails")
-
-
-def _quarantine(conn: duckdb.DuckDBPyConnection, path: Path, reasons_sql: str) -> int:
-    """Move staged rows with a reason into ``quarantine``; return how many."""
-    source_file = str(path.resolve())
-    conn.execute("DELETE FROM quarantine WHERE source_file = ?", [source_file])
-    conn.execute(
-        f"CREATE OR REPLACE TEMP TABLE _carepost_reasons AS "
-        f"SELECT source_row, {reasons_sql} AS reason FROM {STAGE}"
-    )
-    conn.execute(
-        "INSERT INTO quarantine (source_file, source_row, reason) "
-        "SELECT ?, source_row, reason FROM _carepost_reasons WHERE reason IS NOT NULL",
-        [source_file],
-    )
-    count = conn.execute(
-        "SELECT count(*) FROM _carepost_reasons WHERE reason IS NOT NULL"
-    ).fetchone()[0]
-    _log_quarantine(conn, path, count)
-    conn.execute(
-        f"DELETE FROM {STAGE} WHERE source_row IN "
-        "(SELECT source_row FROM _carepost_reasons WHERE reason IS NOT NULL)"
-    )
-    conn.execute("DROP TABLE _carepost_reasons")
-    return count
-
-
-def _log_quarantine(conn: duckdb.DuckDBPyConnection, path: Path, count: int) -> None:
-    if not count:
+    if not _has_mixed_line_ends(path):
+        yield path
         return
-    by_reason = conn.execute(
-        "SELECT reason, count(*) FROM _carepost_reasons WHERE reason IS NOT NULL "
-        "GROUP BY reason ORDER BY count(*) DESC, reason"
-    ).fetchall()
-    summary = ", ".join(f"{reason} ({n})" for reason, n in by_reason)
-    # Reasons name columns only, so they are safe to log.
-    log.warning("quarantined %d rows of %s: %s", count, path.name, summary)
+    with tempfile.TemporaryDirectory(prefix="carepost-csv-") as folder:
+        copy = Path(folder) / path.name
+        with path.open("rb") as source, copy.open("wb") as target:
+            carry = b""
+            while chunk := source.read(CHUNK_BYTES):
+                chunk = carry + chunk
+                carry = b"\r" if chunk.endswith(b"\r") else b""
+                target.write(chunk[: len(chunk) - len(carry)].replace(b"\r\n", b"\n"))
+            target.write(carry)
+        log.info("%s mixes CRLF and LF line ends; read with LF only", path.name)
+        yield copy
 
 
-# --- profiles ---------------------------------------------------------------
-
-
-def _profile_checks() -> list[str]:
-    columns = list(PROFILE_COLUMNS)
-    return [
-        f"CASE WHEN {_clean('profile_id')} IS NULL THEN 'profile_id: missing' END",
-        *_line_break_checks(columns),
-        "email_problem",
-        _parse_check("birth_date", "DATE", "unparsable date"),
-        _parse_check("deceased_at", "TIMESTAMPTZ", "unparsable time"),
-        _parse_check("consent_marketing", "BOOLEAN", "not true or false"),
-        _parse_check("consent_contact", "BOOLEAN", "not true or false"),
-        f"CASE WHEN {_clean('timezone')} IS NOT NULL AND {_clean('timezone')} NOT IN "
-        "(SELECT name FROM pg_timezone_names()) THEN 'timezone: unknown IANA time zone' END",
-        _json_object_check("traits"),
-    ]
-
-
-def _profile_values() -> str:
-    typed = {
-        "email": "checked_email",
-        "birth_date": f"TRY_CAST({_clean('birth_date')} AS DATE)",
-        "deceased_at": f"TRY_CAST({_clean('deceased_at')} AS TIMESTAMPTZ)",
-        "consent_marketing": f"TRY_CAST({_clean('consent_marketing')} AS BOOLEAN)",
-        "consent_contact": f"TRY_CAST({_clean('consent_contact')} AS BOOLEAN)",
-        "traits": f"CAST({_clean('traits')} AS JSON)",
-    }
-    return ", ".join(
-        f"{typed.get(name, _clean(name))} AS {name}" for name in PROFILE_COLUMNS
-    )
-
-
-def _load_profiles(conn: duckdb.DuckDBPyConnection, path: Path) -> tuple[int, int]:
-    """Upsert the valid profile rows; return (profiles loaded, rows quarantined)."""
-    _stage(conn, path, list(PROFILE_COLUMNS), PROFILE_REQUIRED)
-    _check_emails(conn)
-    # Join the e-mail results in as checked_email and email_problem.
-    conn.execute(
-        f"CREATE OR REPLACE TEMP TABLE {STAGE} AS SELECT s.*, e.email AS checked_email, "
-        f"e.problem AS email_problem FROM {STAGE} AS s "
-        f"LEFT JOIN {EMAILS} AS e USING (source_row)"
-    )
-    quarantined = _quarantine(conn, path, _reasons_sql(_profile_checks()))
-    updates = ", ".join(
-        f"{name} = excluded.{name}" for name in PROFILE_COLUMNS if name != "profile_id"
-    )
-    loaded = conn.execute(
-        f"""
-        INSERT INTO profiles
-        SELECT {_profile_values()} FROM {STAGE}
-        QUALIFY row_number() OVER (
-            PARTITION BY {_clean('profile_id')} ORDER BY source_row DESC
-        ) = 1
-        ON CONFLICT (profile_id) DO UPDATE SET {updates}
-        """
-    ).fetchone()[0]
-    _log_repeated_profiles(conn, path)
-    conn.execute(f"DROP TABLE {STAGE}")
-    conn.execute(f"DROP TABLE {EMAILS}")
-    log.info("loaded %d profiles from %s", loaded, path.name)
-    return loaded, quarantined
-
-
-def _log_repeated_profiles(conn: duckdb.DuckDBPyConnection, path: Path) -> None:
-    repeated = conn.execute(
-        f"SELECT {_clean('profile_id')} AS id FROM {STAGE} GROUP BY id "
-        "HAVING count(*) > 1 ORDER BY id"
-    ).fetchall()
-    if repeated:
-        ids = [row[0] for row in repeated]
-        log.warning(
-            "%s repeats %d profile ids, the last row of each was kept: %s",
-            path.name,
-            len(ids),
-            ", ".join(ids[:20]),
-        )
-
-
-# --- events -----------------------------------------------------------------
-
-
-def _event_checks() -> list[str]:
-    known = ", ".join(f"'{event_type}'" for event_type in sorted(EVENT_TYPES))
-    return [
-        f"CASE WHEN {_clean('event_id')} IS NULL THEN 'event_id: missing' END",
-        f"CASE WHEN {_clean('profile_id')} IS NULL THEN 'profile_id: missing' END",
-        *_line_break_checks(list(EVENT_COLUMNS)),
-        f"CASE WHEN {_clean('type')} IS NULL THEN 'type: missing' "
-        f"WHEN {_clean('type')} NOT IN ({known}) THEN 'type: unknown event type' END",
-        f"CASE WHEN {_clean('occurred_at')} IS NULL THEN 'occurred_at: missing' END",
-        _parse_check("occurred_at", "TIMESTAMPTZ", "unparsable time"),
-        _json_object_check("properties"),
-    ]
-
-
-def _load_events(conn: duckdb.DuckDBPyConnection, path: Path) -> tuple[int, int, int]:
-    """Insert new valid events; return (inserted, duplicates dropped, quarantined)."""
-    _stage(conn, path, list(EVENT_COLUMNS), EVENT_REQUIRED)
-    quarantined = _quarantine(conn, path, _reasons_sql(_event_checks()))
-    valid = conn.execute(f"SELECT count(*) FROM {STAGE}").fetchone()[0]
-    inserted = conn.execute(
-        f"""
-        INSERT INTO events
-        SELECT {_clean('event_id')}, {_clean('profile_id')}, {_clean('type')},
-               CAST({_clean('occurred_at')} AS TIMESTAMPTZ),
-               CAST({_clean('properties')} AS JSON)
-        FROM {STAGE}
-        QUALIFY row_number() OVER (PARTITION BY {_clean('event_id')} ORDER BY source_row) = 1
-        ON CONFLICT (event_id) DO NOTHING
-        """
-    ).fetchone()[0]
-    conn.execute(f"DROP TABLE {STAGE}")
-    duplicates = valid - inserted
-    log.info(
-        "loaded %d events from %s, dropped %d duplicate event ids",
-        inserted,
-        path.name,
-        duplicates,
-    )
-    return inserted, duplicates, quarantined
+def _has_mixed_line_ends(path: Path) -> bool:
+    crlf = bare_lf = False
+    carry = b""  # a CR that ended the previous chunk
+    with path.open("rb") as source:
+        while chunk := source.read(CHUNK_BYTES):
+            pairs = (carry + chunk).count(b"\r\n")
+            crlf = crlf or pairs > 0
+            bare_lf = bare_lf or chunk.count(b"\n") > pairs
+            if crlf and bare_lf:
+                return True
+            carry = b"\r" if chunk.endswith(b"\r") else b""
+    return False

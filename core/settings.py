@@ -26,6 +26,10 @@ from pydantic import (
 )
 
 from carepost.core.errors import ConfigError
+from carepost.core.sources import FileSource, Source
+
+# The name under which the single ``source:`` of older files is synced.
+LEGACY_SOURCE_NAME = "export"
 from carepost.core.retention import RetentionSettings
 
 CONFIG_FILE = "carepost.yaml"
@@ -45,12 +49,6 @@ class Practice(_Strict):
 class SenderIdentity(_Strict):
     address: str
     name: str
-
-
-class FileSource(_Strict):
-    kind: Literal["files"] = "files"
-    profiles: str
-    events: str
 
 
 class JsonlSink(_Strict):
@@ -142,7 +140,10 @@ class Settings(_Strict):
     state_dir: str = ".carepost"
     practice: Practice
     sender: SenderIdentity
-    source: FileSource
+    # ``source`` is the one-export shape of older files; ``sources`` names
+    # each CDP source (files, fhir, segment). named_sources() merges both.
+    source: FileSource | None = None
+    sources: dict[str, Source] = {}
     sink: Sink = JsonlSink()
     smtp: SmtpSettings = SmtpSettings()
     tracking: Tracking = Tracking()
@@ -151,6 +152,18 @@ class Settings(_Strict):
     templates_dir: str = "templates/library"
     batch_size: int = Field(default=500, ge=1, le=5000)
     retention: RetentionSettings = RetentionSettings()
+
+    def named_sources(self) -> dict[str, Source]:
+        """Return every configured source by name, the legacy one as "export"."""
+        named: dict[str, Source] = dict(self.sources)
+        if self.source is not None:
+            if LEGACY_SOURCE_NAME in named:
+                raise ConfigError(
+                    f"both source: and sources.{LEGACY_SOURCE_NAME} are set",
+                    hint="move source: under sources: with another name",
+                )
+            named[LEGACY_SOURCE_NAME] = self.source
+        return named
 
     def path(self, relative: str) -> Path:
         candidate = Path(relative)
