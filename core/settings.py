@@ -26,11 +26,11 @@ from pydantic import (
 )
 
 from carepost.core.errors import ConfigError
+from carepost.core.retention import RetentionSettings
 from carepost.core.sources import FileSource, Source
 
 # The name under which the single ``source:`` of older files is synced.
 LEGACY_SOURCE_NAME = "export"
-from carepost.core.retention import RetentionSettings
 
 CONFIG_FILE = "carepost.yaml"
 
@@ -135,6 +135,16 @@ class Tracking(_Strict):
     previous_secret_envs: list[str] = []
 
 
+class Webhooks(_Strict):
+    """Inbound CDP webhooks: the variables naming their shared secrets."""
+
+    segment_secret_env: str = "CAREPOST_SEGMENT_WEBHOOK_SECRET"
+    events_secret_env: str = "CAREPOST_EVENTS_WEBHOOK_SECRET"
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=1024 * 1024)
+    # Largest age (or clock skew into the future) of a signed timestamp.
+    tolerance_seconds: int = Field(default=300, ge=30, le=3600)
+
+
 class Settings(_Strict):
     root: Path = Path(".")
     state_dir: str = ".carepost"
@@ -147,6 +157,7 @@ class Settings(_Strict):
     sink: Sink = JsonlSink()
     smtp: SmtpSettings = SmtpSettings()
     tracking: Tracking = Tracking()
+    webhooks: Webhooks = Webhooks()
     campaigns_dir: str = "campaigns"
     segments_dir: str = "segments/library"
     templates_dir: str = "templates/library"

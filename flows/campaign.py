@@ -15,7 +15,7 @@ import dataclasses
 import time
 import uuid
 from collections import Counter
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 
 import duckdb
@@ -30,13 +30,15 @@ from carepost.core.schema import create_tables
 from carepost.core.settings import Settings, load_settings
 from carepost.flows.delivery import RunContext, deliver_batch
 from carepost.flows.audit_trail import record_finished, record_run_inputs, record_segment
-from carepost.ledger import AuditLog, Ledger
+from carepost.flows.schedule import hold_for
+from carepost.ledger import AuditLog, Inbox, Ledger
 from carepost.segments import SegmentLibrary
 from carepost.templates import TemplateLibrary
 
 BATCHES_IN_FLIGHT = 2
 SUMMARY_STATES = ("sent", "dropped_no_tls", "suppressed", "render_failed",
-                  "bounced", "deferred", "already_done", "ambiguous")
+                  "bounced", "deferred", "already_done", "ambiguous",
+                  "window_deferred", "window_skipped", "expired")
 
 # Run resources by a per-execution token: tasks receive ids and look the
 # connections up here, because connections cannot be task parameters.
@@ -117,6 +119,9 @@ def _resolve_campaign(settings: Settings, name: str) -> Campaign:
         known = ", ".join(campaigns) or "none"
         raise ConfigError(f"campaign {name!r} not found",
                           hint=f"configured campaigns: {known}")
+    if campaigns[name].trigger is not None:
+        raise ConfigError(f"campaign {name!r} is sent on a trigger event, not run",
+                          hint="run carepost serve to receive its events")
     return campaigns[name]
 
 
@@ -161,8 +166,13 @@ async def _deliver_all(run_token: str, run: RunContext, profile_ids: list[str],
 
 
 @flow(name="campaign", flow_run_name="{campaign}-{run_date}", persist_result=False)
-async def campaign_flow(campaign: str, run_date: str) -> dict[str, Any]:
-    """Run one campaign for one date and return its summary counts."""
+async def campaign_flow(campaign: str, run_date: str,
+                        scheduled_for: str | None = None) -> dict[str, Any]:
+    """Run one campaign for one date and return its summary counts.
+
+    ``scheduled_for`` (ISO time) is set by scheduled runs: recipients then
+    get mail only inside the send window, until the send_by deadline.
+    """
     started = time.monotonic()
     logger = get_run_logger()
     settings = load_settings()
@@ -172,6 +182,10 @@ async def campaign_flow(campaign: str, run_date: str) -> dict[str, Any]:
 
     async with TlsSender(settings.smtp, password=settings.smtp.password()) as sender:
         run = _open_run(settings, spec, day, sender)
+        if scheduled_for is not None:
+            run.hold = hold_for(spec, Inbox(run.ledger.engine),
+                                settings.practice.timezone,
+                                datetime.fromisoformat(scheduled_for))
         _RUNS[token] = run
         try:
             loaded = sync_source(token)

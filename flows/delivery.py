@@ -20,7 +20,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 
@@ -46,6 +46,9 @@ from carepost.templates import (
     RenderFailed,
     build_message,
 )
+
+if TYPE_CHECKING:
+    from carepost.flows.schedule import SendHold
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +76,8 @@ class RunContext:
     token_keys: dict[str, bytes]
     # Receives one ``delivery.batch`` entry per batch (ids and counts only).
     audit: AuditLog | None = None
+    # Send-window rule of scheduled and triggered runs; None sends at once.
+    hold: SendHold | None = None
 
 
 def _skip_reason(run: RunContext, recipient: Recipient, address_hash: str | None
@@ -182,6 +187,11 @@ async def deliver_one(run: RunContext, recipient: Recipient) -> str:
     if reason is not None:
         return _settle(run, recipient, claim.delivery_id,
                        Settlement(DeliveryState.SUPPRESSED, reason=reason))
+
+    if run.hold is not None:
+        held = run.hold.apply(run, recipient, claim.delivery_id)
+        if held is not None:
+            return held
 
     try:
         data = _render(run, recipient, claim.delivery_id, message_id)

@@ -59,4 +59,6 @@ def write_demo_config(config_path: Path, paths: DemoPaths,
 
 
 def demo_campaigns(settings: Settings) -> list[str]:
-    return list(load_campaigns(settings.path(settings.campaigns_dir)))
+    """Return the scheduled campaigns; triggered ones need events to run."""
+    campaigns = load_campaigns(settings.path(settings.campaigns_dir))
+    return [name for name, spec in campaigns.items() if spec.trigger is None]

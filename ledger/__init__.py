@@ -10,6 +10,7 @@ from carepost.ledger.ledger import (
     hash_address,
     outbox_event,
 )
+from carepost.ledger.inbox import Inbox, InboxEvent, PendingSend, ScheduledRun
 from carepost.ledger.models import Delivery, OutboxEvent, Suppression
 
 # Imported for its tables: ``Ledger.__init__`` creates every table that
@@ -23,8 +24,12 @@ __all__ = [
     "Claim",
     "ClaimStatus",
     "Delivery",
+    "Inbox",
+    "InboxEvent",
     "Ledger",
     "OutboxEvent",
+    "PendingSend",
+    "ScheduledRun",
     "Settlement",
     "Suppression",
     "delivery_key",

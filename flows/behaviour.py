@@ -1,0 +1,353 @@
+"""The ``behaviour`` flow: turn inbox events into triggered emails.
+
+One pass does three things:
+
+1. **Plan.** Each inbox event not planned yet becomes one pending send
+   per triggered campaign whose ``trigger.event`` and ``where`` match,
+   due ``delay`` after the event. The run key is the trigger key
+   (``appointment:<id>``, ``rx:<id>``; ``#2`` and up for repeated
+   reminders), so the same appointment arriving under two event ids
+   still sends once.
+2. **Re-check and send.** Each pending send that is due is expired
+   after its ``send_by`` deadline, cancelled when a ``cancel_if`` event
+   followed the trigger (in the warehouse or the inbox), and otherwise
+   goes through ``deliver_one``, the per-recipient pipeline of campaigns:
+   the same send-time checks, ledger claim and send window.
+3. **Follow up.** A sent reminder adds the next one (``repeat_every``)
+   and, after ``escalation.after_reminders``, an escalation check; if
+   that check finds the prescription still unfilled it queues
+   ``prescription_unfilled_escalated`` in the CDP outbox.
+
+``BehaviourEngine.run_pass`` is plain async code: ``carepost serve`` calls
+it when a webhook arrives, and the Prefect flow wraps it for periodic
+passes. A pass may overlap another in a second process: the ledger's
+claim and the conditional updates of ``pending_sends`` keep each send to
+one message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import logging
+from collections import Counter
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import duckdb
+from prefect import flow
+
+from carepost.connectors.smtp import TlsSender
+from carepost.core.campaign import Campaign, load_campaigns
+from carepost.core.phi import PHI
+from carepost.core.schema import create_tables
+from carepost.core.settings import Settings, load_settings
+from carepost.core.states import DeliveryState
+from carepost.flows.context import Recipient, load_recipients
+from carepost.flows.delivery import RunContext, deliver_one
+from carepost.flows.schedule import SendHold
+from carepost.ledger import Ledger, OutboxEvent, Settlement
+from carepost.ledger.inbox import (
+    Inbox,
+    InboxEvent,
+    PendingKind,
+    PendingSend,
+    PendingState,
+    as_utc,
+)
+from carepost.templates import TemplateLibrary
+
+__all__ = ["BehaviourEngine", "behaviour_flow", "trigger_key"]
+
+log = logging.getLogger(__name__)
+
+# A profile the warehouse does not hold yet is tried again this much later.
+MISSING_PROFILE_RETRY = timedelta(minutes=15)
+SENDS_IN_FLIGHT = 8
+
+
+def trigger_key(key_property: str, value: str) -> str:
+    """Return ``appointment:<id>`` for ``appointment_id`` and so on."""
+    prefix = key_property.removesuffix("_id") or key_property
+    return f"{prefix}:{value}"
+
+
+def _run_key(key: str, reminder: int) -> str:
+    return key if reminder == 1 else f"{key}#{reminder}"
+
+
+def _matches(campaign: Campaign, event: InboxEvent) -> bool:
+    trigger = campaign.trigger
+    if trigger is None or trigger.event != event.type:
+        return False
+    properties = event.property_map()
+    return all(str(properties.get(name)) == str(value)
+               for name, value in trigger.where.items())
+
+
+class BehaviourEngine:
+    """Plans and sends triggered emails for one project (see module doc)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.ledger = Ledger(settings.ledger_url)
+        self.inbox = Inbox(self.ledger.engine)
+        self._templates: TemplateLibrary | None = None
+        self.campaigns: dict[str, Campaign] = {}
+        self.reload()
+
+    def reload(self) -> None:
+        """Read the campaign files and templates again."""
+        self.campaigns = load_campaigns(self.settings.path(self.settings.campaigns_dir))
+        self._templates = TemplateLibrary(
+            self.settings.path(self.settings.templates_dir), self.settings.practice)
+
+    def close(self) -> None:
+        self.ledger.close()
+
+    # -- plan ------------------------------------------------------------------
+
+    def plan(self) -> int:
+        """Turn unplanned inbox events into pending sends; return how many."""
+        added = 0
+        while events := self.inbox.unplanned():
+            for event in events:
+                added += self.inbox.plan(event.event_id, self._sends_for(event))
+        return added
+
+    def _sends_for(self, event: InboxEvent) -> list[PendingSend]:
+        sends = []
+        for campaign in self.campaigns.values():
+            if not _matches(campaign, event):
+                continue
+            value = event.property_map().get(campaign.trigger.key)
+            if value is None:
+                log.warning("event %s has no %s, so campaign %s cannot key it; "
+                            "not sent", event.event_id, campaign.trigger.key,
+                            campaign.name)
+                continue
+            key = trigger_key(campaign.trigger.key, value)
+            due = as_utc(event.occurred_at) + campaign.trigger.delay
+            sends.append(PendingSend(
+                campaign=campaign.name, run_key=key, profile_id=event.profile_id,
+                kind=PendingKind.TRIGGER, trigger_key=key, event_id=event.event_id,
+                event_at=as_utc(event.occurred_at), due_at=due,
+                deadline=due + campaign.send_deadline, state=PendingState.PENDING))
+        return sends
+
+    # -- one pass ------------------------------------------------------------------
+
+    async def run_pass(self, now: datetime | None = None) -> Counter[str]:
+        """Plan new events, then work every pending send that is due."""
+        now = now or datetime.now(UTC)
+        counts: Counter[str] = Counter(planned=self.plan())
+        due = self.inbox.due(now)
+        if not due:
+            return counts
+        try:
+            warehouse = duckdb.connect(str(self.settings.warehouse_path))
+        except duckdb.IOException as exc:
+            log.warning("warehouse busy (%s); %d due sends wait for the next pass",
+                        type(exc).__name__, len(due))
+            return counts + Counter(waiting=len(due))
+        try:
+            create_tables(warehouse)
+            smtp = self.settings.smtp
+            async with TlsSender(smtp, password=smtp.password()) as sender:
+                gate = asyncio.Semaphore(SENDS_IN_FLIGHT)
+
+                async def one(send: PendingSend) -> str:
+                    async with gate:
+                        return await self._work(send, now, warehouse, sender)
+
+                outcomes = await asyncio.gather(*(one(send) for send in due))
+        finally:
+            warehouse.close()
+        counts.update(outcomes)
+        await self._push_outbox()
+        return counts
+
+    async def _work(self, send: PendingSend, now: datetime,
+                    warehouse: duckdb.DuckDBPyConnection, sender: TlsSender) -> str:
+        campaign = self.campaigns.get(send.campaign)
+        if campaign is None:
+            self.inbox.finish(send.id, PendingState.CANCELLED,
+                              "campaign no longer configured")
+            return "cancelled"
+        if now > as_utc(send.deadline):
+            return self._expire(campaign, send)
+        if send.kind != PendingKind.WINDOW:
+            reason = self._cancel_reason(campaign, send, warehouse)
+            if reason is not None:
+                self.inbox.finish(send.id, PendingState.CANCELLED, reason)
+                log.info("%s for profile %s cancelled: %s", send.run_key,
+                         send.profile_id, reason)
+                return "cancelled"
+        if send.kind == PendingKind.ESCALATION:
+            return self._escalate(campaign, send)
+        return await self._deliver(campaign, send, now, warehouse, sender)
+
+    def _expire(self, campaign: Campaign, send: PendingSend) -> str:
+        if send.kind == PendingKind.WINDOW:
+            claim = self.ledger.claim(campaign=campaign.name, run_key=send.run_key,
+                                      profile_id=send.profile_id,
+                                      purpose=campaign.purpose)
+            self.ledger.settle(claim.delivery_id, Settlement(
+                DeliveryState.SUPPRESSED, reason="expired: send_by passed while held "
+                                                 "for the send window"))
+        self.inbox.finish(send.id, PendingState.EXPIRED, "send_by deadline passed")
+        log.warning("%s %s for profile %s expired at its send_by deadline",
+                    campaign.name, send.run_key, send.profile_id)
+        return "expired"
+
+    # -- re-checks at send time --------------------------------------------------------
+
+    def _cancel_reason(self, campaign: Campaign, send: PendingSend,
+                       warehouse: duckdb.DuckDBPyConnection) -> str | None:
+        trigger = campaign.trigger
+        if trigger is None or send.event_at is None:
+            return None
+        key_value = (send.trigger_key or "").partition(":")[2]
+        for rule in trigger.cancel_if:
+            key = (trigger.key, key_value) if rule.match == "key" else None
+            found = self.inbox.has_event_after(
+                profile_id=send.profile_id, event_type=rule.event,
+                after=send.event_at, key=key)
+            if found or _warehouse_has(warehouse, send.profile_id, rule.event,
+                                       as_utc(send.event_at), key):
+                return f"{rule.event} after the trigger event"
+        return None
+
+    # -- delivery ------------------------------------------------------------------------
+
+    async def _deliver(self, campaign: Campaign, send: PendingSend, now: datetime,
+                       warehouse: duckdb.DuckDBPyConnection, sender: TlsSender) -> str:
+        run = self._run_context(campaign, send, now, warehouse, sender)
+        recipients = load_recipients(warehouse, [send.profile_id], run.run_date)
+        if not recipients:
+            self.inbox.reschedule(send.id, now + MISSING_PROFILE_RETRY,
+                                  "profile not in the warehouse yet")
+            log.warning("profile %s of %s is not in the warehouse; trying again "
+                        "in %s", send.profile_id, send.run_key, MISSING_PROFILE_RETRY)
+            return "waiting"
+        recipient = self._with_trigger_time(campaign, send, recipients[0])
+        result = await deliver_one(run, recipient)
+        if result == "window_deferred":
+            return result  # the hold moved this row's due time
+        self.inbox.finish(send.id, PendingState.DONE, result)
+        log.info("%s %s for profile %s: %s", campaign.name, send.run_key,
+                 send.profile_id, result)
+        if result == "sent" and send.kind == PendingKind.TRIGGER:
+            self._follow_up(campaign, send, now)
+        return result
+
+    def _run_context(self, campaign: Campaign, send: PendingSend, now: datetime,
+                     warehouse: duckdb.DuckDBPyConnection,
+                     sender: TlsSender) -> RunContext:
+        template = self._templates.get(campaign.template)
+        run_date = (date.fromisoformat(send.run_key)
+                    if send.kind == PendingKind.WINDOW else now.date())
+        hold = SendHold(inbox=self.inbox, window=campaign.send_window,
+                        fallback_zone=self.settings.practice.timezone,
+                        deadline=as_utc(send.deadline))
+        return RunContext(
+            settings=self.settings, campaign=campaign, template=template,
+            run_key=send.run_key, run_date=run_date, ledger=self.ledger,
+            warehouse=warehouse, sender=sender,
+            address_key=self.settings.address_hash_key,
+            token_keys=self.settings.tracking_keys, hold=hold)
+
+    @staticmethod
+    def _with_trigger_time(campaign: Campaign, send: PendingSend,
+                           recipient: Recipient) -> Recipient:
+        trigger = campaign.trigger
+        if trigger is None or trigger.time_field is None or send.event_at is None:
+            return recipient
+        context = {**recipient.context, trigger.time_field: PHI(as_utc(send.event_at))}
+        return dataclasses.replace(recipient, context=context)
+
+    # -- reminders and escalation --------------------------------------------------------
+
+    def _follow_up(self, campaign: Campaign, send: PendingSend, now: datetime) -> None:
+        trigger = campaign.trigger
+        interval = trigger.repeat_every or trigger.delay
+        due = max(as_utc(send.due_at), now) + interval
+        escalation = trigger.escalation
+        if escalation is not None and send.reminder == escalation.after_reminders:
+            self.inbox.add_pending(self._next(campaign, send, PendingKind.ESCALATION,
+                                              f"{send.trigger_key}#escalation", due))
+        if send.reminder < trigger.max_reminders:
+            number = send.reminder + 1
+            self.inbox.add_pending(self._next(
+                campaign, send, PendingKind.TRIGGER,
+                _run_key(send.trigger_key, number), due, reminder=number))
+
+    @staticmethod
+    def _next(campaign: Campaign, send: PendingSend, kind: PendingKind, run_key: str,
+              due: datetime, reminder: int | None = None) -> PendingSend:
+        return PendingSend(
+            campaign=campaign.name, run_key=run_key, profile_id=send.profile_id,
+            kind=kind, trigger_key=send.trigger_key,
+            reminder=reminder or send.reminder, event_id=send.event_id,
+            event_at=send.event_at, due_at=due, deadline=due + campaign.send_deadline,
+            state=PendingState.PENDING)
+
+    def _escalate(self, campaign: Campaign, send: PendingSend) -> str:
+        event_type = campaign.trigger.escalation.event
+        event_id = hashlib.sha256(
+            f"{event_type}|{campaign.name}|{send.trigger_key}|{send.profile_id}"
+            .encode()).hexdigest()[:32]
+        payload = {
+            "event_id": event_id, "type": event_type, "profile_id": send.profile_id,
+            "campaign": campaign.name, "occurred_at": datetime.now(UTC).isoformat(),
+            "properties": {"campaign": campaign.name, "trigger": send.trigger_key,
+                           "reminders": send.reminder,
+                           "trigger_event_id": send.event_id},
+        }
+        self.inbox.queue_event(OutboxEvent(
+            event_id=event_id, type=event_type, profile_id=send.profile_id,
+            campaign=campaign.name, payload=json.dumps(payload, sort_keys=True)))
+        self.inbox.finish(send.id, PendingState.DONE, "escalated")
+        log.warning("%s for profile %s went unanswered after %d reminders; pushed %s",
+                    send.trigger_key, send.profile_id, send.reminder, event_type)
+        return "escalated"
+
+    async def _push_outbox(self) -> None:
+        from carepost.connectors.cdp_sinks import SinkError, build_sink
+        from carepost.flows.feedback import push_outbox
+
+        sink = build_sink(self.settings)
+        try:
+            await push_outbox(self.ledger, sink)
+        except SinkError as exc:
+            log.warning("events not pushed, they stay in the outbox: %s", exc)
+        finally:
+            await sink.aclose()
+
+
+def _warehouse_has(warehouse: duckdb.DuckDBPyConnection, profile_id: str,
+                   event_type: str, after: datetime,
+                   key: tuple[str, str] | None) -> bool:
+    query = ("SELECT count(*) FROM events WHERE profile_id = ? AND type = ? "
+             "AND occurred_at > ?")
+    parameters: list[Any] = [profile_id, event_type, after]
+    if key is not None:
+        query += " AND json_extract_string(properties, ?) = ?"
+        parameters += [f"$.{key[0]}", key[1]]
+    cursor = warehouse.cursor()
+    try:
+        return cursor.execute(query, parameters).fetchone()[0] > 0
+    finally:
+        cursor.close()
+
+
+@flow(name="behaviour", flow_run_name="behaviour-{reason}", persist_result=False)
+async def behaviour_flow(reason: str = "poll") -> dict[str, int]:
+    """Run one behaviour pass and return its counts (ids and numbers only)."""
+    engine = BehaviourEngine(load_settings())
+    try:
+        return dict(await engine.run_pass())
+    finally:
+        engine.close()
