@@ -1,19 +1,25 @@
 """PHI values that cannot be printed by accident.
 
 ``PHI`` wraps one value from a patient profile. ``str``, ``repr``,
-``format`` and JSON encoding all give a mask; only ``reveal()`` returns
-the value, and only the renderer and the SMTP envelope call it.
+``format``, ``json.dumps(..., cls=PHIJSONEncoder)`` (or
+``default=json_default``) and pydantic serialization all give a mask, and
+pickling raises. Only ``reveal()`` returns the value, and only the
+renderer and the SMTP envelope call it.
 ``RedactingFilter`` is the second net: attached to carepost's and
-Prefect's loggers, it masks anything shaped like an email address and any
-value registered with ``register_marker`` (tests use this to prove that a
-marker name never reaches a log).
+Prefect's log handlers, it masks anything shaped like an email address
+and any registered marker value (tests use this to prove that a marker
+name never reaches a log) in the message, its arguments, the values
+passed with ``extra=`` and the formatted exception text.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from typing import Any, Generic, TypeVar
+
+from pydantic_core import core_schema
 
 T = TypeVar("T")
 
@@ -48,6 +54,31 @@ class PHI(Generic[T]):
         # Pickling would carry the value into caches and result storage.
         raise TypeError("PHI values cannot be pickled")
 
+    @classmethod
+    def __get_pydantic_core_schema__(cls, _source: Any, _handler: Any
+                                     ) -> core_schema.CoreSchema:
+        # A model field of type PHI validates only PHI instances and dumps
+        # the mask, in both model_dump() and model_dump_json().
+        return core_schema.is_instance_schema(
+            cls, serialization=core_schema.plain_serializer_function_ser_schema(
+                lambda _value: MASK))
+
+
+def json_default(value: Any) -> Any:
+    """Encode PHI as the mask for ``json.dumps(default=...)``; reject others."""
+    if isinstance(value, PHI):
+        return MASK
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+class PHIJSONEncoder(json.JSONEncoder):
+    """The project's JSON encoder: PHI values become the mask."""
+
+    def default(self, o: Any) -> Any:
+        if isinstance(o, PHI):
+            return MASK
+        return super().default(o)
+
 
 def reveal(value: Any) -> Any:
     """Return the plain value of ``value`` if it is wrapped, else itself."""
@@ -60,6 +91,11 @@ def mask_text(text: str, extra: tuple[str, ...] = ()) -> str:
         if marker:
             text = text.replace(marker, MASK)
     return text
+
+
+# Attributes every LogRecord has; anything else came in through ``extra=``.
+_RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+_EXCEPTION_FORMATTER = logging.Formatter()
 
 
 class RedactingFilter(logging.Filter):
@@ -77,4 +113,26 @@ class RedactingFilter(logging.Filter):
         masked = mask_text(message, self.markers)
         if masked != message:
             record.msg, record.args = masked, None
+        self._mask_extra(record)
+        self._mask_exception(record)
         return True
+
+    def _mask_extra(self, record: logging.LogRecord) -> None:
+        for name, value in list(vars(record).items()):
+            if name in _RECORD_FIELDS or isinstance(value, (int, float, PHI)):
+                continue
+            text = value if isinstance(value, str) else repr(value)
+            masked = mask_text(text, self.markers)
+            if masked != text:
+                # A container with a hit is replaced by its masked text.
+                setattr(record, name, masked)
+
+    def _mask_exception(self, record: logging.LogRecord) -> None:
+        # Formatters reuse ``exc_text`` when it is set, so masking it here
+        # keeps an exception message that quotes a value out of the output.
+        if record.exc_info and not record.exc_text:
+            record.exc_text = _EXCEPTION_FORMATTER.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = mask_text(record.exc_text, self.markers)
+        if record.stack_info:
+            record.stack_info = mask_text(record.stack_info, self.markers)
