@@ -18,8 +18,9 @@ import asyncio
 import hashlib
 import logging
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import duckdb
@@ -44,6 +45,7 @@ from carepost.templates import (
     Envelope,
     HeaderInjectionError,
     RenderFailed,
+    Tracking,
     build_message,
 )
 
@@ -136,7 +138,13 @@ def _render(run: RunContext, recipient: Recipient, delivery_id: int,
     context.setdefault("timezone", PHI(run.settings.practice.timezone))
     context["unsubscribe_url"] = envelope.unsubscribe_url
     context["message_id"] = message_id
-    content = run.template.render(context, profile_id=recipient.profile_id)
+    # The renderer gets a signing callable, never the tracking keys.
+    tracking = Tracking(run.settings.tracking.base_url,
+                        partial(issue_token, run.token_keys, delivery_id))
+    content = run.template.render(context, profile_id=recipient.profile_id,
+                                  tracking=tracking)
+    if content.sender_name is not None:
+        envelope = replace(envelope, from_name=content.sender_name)
     return build_message(content, envelope)
 
 

@@ -110,10 +110,18 @@ class LibraryLoader(FileSystemLoader):
     matter so that Jinja's line numbers still match the file.
     """
 
-    def __init__(self, folder: Path, suffix: str) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        suffix: str,
+        transform: Callable[[str, Path], str] | None = None,
+    ) -> None:
         super().__init__(str(folder), encoding="utf-8", followlinks=False)
         self.root = folder.resolve()
         self.suffix = suffix
+        # Applied to every source after the front matter is blanked; the
+        # HTML environment uses it to inline the stylesheet once per load.
+        self.transform = transform
 
     def get_source(
         self, environment: Environment, template: str
@@ -123,7 +131,10 @@ class LibraryLoader(FileSystemLoader):
         source, filename, uptodate = super().get_source(environment, template)
         if not Path(filename).resolve().is_relative_to(self.root):
             raise TemplateNotFound(template)
-        return blank_front_matter(source), filename, uptodate
+        source = blank_front_matter(source)
+        if self.transform is not None:
+            source = self.transform(source, Path(filename))
+        return source, filename, uptodate
 
 
 def split_front_matter(source: str) -> tuple[str | None, str]:
@@ -222,9 +233,11 @@ def _configure(env: ImmutableSandboxedEnvironment) -> ImmutableSandboxedEnvironm
     return env
 
 
-def html_environment(folder: Path) -> ImmutableSandboxedEnvironment:
+def html_environment(
+    folder: Path, transform: Callable[[str, Path], str] | None = None
+) -> ImmutableSandboxedEnvironment:
     env = ImmutableSandboxedEnvironment(
-        loader=LibraryLoader(folder, HTML_SUFFIX),
+        loader=LibraryLoader(folder, HTML_SUFFIX, transform),
         undefined=StrictUndefined,
         autoescape=True,
         finalize=finalize_output,

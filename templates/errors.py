@@ -42,6 +42,8 @@ class RenderFailed(CarepostError):
 
     ``field`` is the profile field at fault when one is known; ``reason``
     is a fixed description that never contains the field's value.
+    ``path`` and ``line`` name the template line that failed, when Jinja's
+    traceback gives one.
     """
 
     def __init__(
@@ -51,11 +53,15 @@ class RenderFailed(CarepostError):
         template: str,
         reason: str,
         field: str | None = None,
+        path: Path | None = None,
+        line: int | None = None,
     ) -> None:
         self.profile_id = profile_id
         self.template = template
         self.field = field
         self.reason = reason
+        self.path = path
+        self.line = line
         subject = f"field '{field}': " if field else ""
         super().__init__(
             f"template '{template}' failed for profile {profile_id}: {subject}{reason}"

@@ -1,15 +1,20 @@
 """Load, check and compile every template in the library folder.
 
-A template is a pair ``NAME.html.j2`` (with front matter) and
-``NAME.txt.j2`` at the top of the folder; ``layouts/`` and ``partials/``
-hold the files they share. Everything is validated when the library is
-constructed, so a bad template stops start-up instead of a campaign.
+A template is ``NAME.html.j2`` (with front matter) at the top of the
+folder, with an optional ``NAME.txt.j2`` (without one, the text part is
+derived from the HTML). ``NAME.es.html.j2`` (and ``NAME.es.txt.j2``) is
+its Spanish version; any ISO 639 code works the same way. ``layouts/``
+and ``partials/`` hold the files they share, and ``layouts/styles.css``
+the stylesheet that is inlined into the HTML sources once, at load.
+Everything is validated when the library is constructed, so a bad
+template stops start-up instead of a campaign.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from carepost.core.settings import Practice
@@ -22,29 +27,56 @@ from carepost.templates.environment import (
     text_environment,
 )
 from carepost.templates.errors import TemplateSpecError
-from carepost.templates.rendering import CompiledParts, MessageTemplate, practice_view
-from carepost.templates.spec import TemplateSpec, parse_spec
-from jinja2 import TemplateError
+from carepost.templates.rendering import (
+    CompiledVersion,
+    MessageTemplate,
+    practice_view,
+)
+from carepost.templates.spec import TemplateSpec, parse_spec, parse_version_spec
+from carepost.templates.styles import STYLESHEET, Stylesheet, source_transform
+from jinja2 import Template, TemplateError
 
 _NAME = re.compile(r"[a-z][a-z0-9_]*\Z")
+_LANGUAGE = re.compile(r"[a-z]{2,3}\Z")
 _VERSION_LENGTH = 12
 
 
 class TemplateLibrary:
-    """All templates of one library folder, validated at construction."""
+    """All templates of one library folder, validated at construction.
 
-    def __init__(self, folder: Path, practice: Practice) -> None:
+    With ``strict=False`` a template that fails its checks is left out and
+    its error kept in ``problems`` (``carepost templates check`` reports
+    them all); otherwise the first error is raised. ``inline_css=False``
+    keeps the stylesheet out of the sources; the tests use it to compare
+    with inlining each rendered message.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        practice: Practice,
+        *,
+        strict: bool = True,
+        inline_css: bool = True,
+    ) -> None:
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise TemplateSpecError(self.folder, None, "template folder not found")
-        self._html_env = html_environment(self.folder)
+        self.stylesheet = Stylesheet(self.folder / STYLESHEET)
+        transform = source_transform(self.stylesheet) if inline_css else None
+        self._html_env = html_environment(self.folder, transform)
         self._text_env = text_environment(self.folder)
         self._practice = practice_view(practice)
         self._templates: dict[str, MessageTemplate] = {}
-        for path in sorted(self.folder.glob(f"*{HTML_SUFFIX}")):
-            template = self._load(path)
-            self._templates[template.name] = template
-        if not self._templates:
+        self.problems: list[TemplateSpecError] = []
+        for name, paths in _discover(self.folder).items():
+            try:
+                self._templates[name] = self._load(name, paths)
+            except TemplateSpecError as exc:
+                if strict:
+                    raise
+                self.problems.append(exc)
+        if not self._templates and not self.problems:
             raise TemplateSpecError(
                 self.folder, None, f"no *{HTML_SUFFIX} templates found"
             )
@@ -66,8 +98,79 @@ class TemplateLibrary:
     def __contains__(self, name: object) -> bool:
         return name in self._templates
 
-    def _load(self, path: Path) -> MessageTemplate:
-        name = path.name.removesuffix(HTML_SUFFIX)
+    def _load(self, name: str, paths: dict[str, Path]) -> MessageTemplate:
+        if "" not in paths:
+            first = next(iter(paths.values()))
+            raise TemplateSpecError(
+                first, None, f"language version without {name}{HTML_SUFFIX}"
+            )
+        base_path = paths.pop("")
+        spec = parse_spec(name, base_path, _front(base_path))
+        specs = {spec.language: spec}
+        for language, path in sorted(paths.items()):
+            if language in specs:
+                raise TemplateSpecError(path, None, f"second '{language}' version")
+            specs[language] = parse_version_spec(spec, language, path, _front(path))
+        _check_languages(spec, specs)
+
+        digest = hashlib.sha256(self.stylesheet.css.encode())
+        versions = {}
+        for language, version_spec in specs.items():
+            versions[language] = self._compile_version(version_spec, digest)
+        version = digest.hexdigest()[:_VERSION_LENGTH]
+        return MessageTemplate(spec, versions, version, self._practice)
+
+    def _compile_version(
+        self, spec: TemplateSpec, digest: hashlib._Hash
+    ) -> CompiledVersion:
+        html_name = spec.path.name
+        text_name = html_name.removesuffix(HTML_SUFFIX) + TEXT_SUFFIX
+        has_text = _check_text_file(spec.path.with_name(text_name))
+
+        files = load_sources(self._html_env, html_name, self.folder)
+        for file in files:
+            check_file(self._html_env, spec, file)
+        if has_text:
+            text_files = load_sources(self._text_env, text_name, self.folder)
+            for file in text_files:
+                check_file(self._text_env, spec, file)
+            files += text_files
+        check_headline(self._text_env, spec, "subject", spec.subject)
+        check_headline(self._text_env, spec, "preheader", spec.preheader)
+
+        digest.update(spec.path.read_bytes())
+        for file in files:
+            digest.update(b"\0" + file.name.encode() + b"\0" + file.source.encode())
+        return CompiledVersion(
+            spec=spec,
+            subject=self._compile(spec, lambda: self._text_env.from_string(spec.subject)),
+            preheader=self._compile(
+                spec, lambda: self._text_env.from_string(spec.preheader)
+            ),
+            html=self._compile(spec, lambda: self._html_env.get_template(html_name)),
+            text=(
+                self._compile(spec, lambda: self._text_env.get_template(text_name))
+                if has_text
+                else None
+            ),
+        )
+
+    def _compile(self, spec: TemplateSpec, build: Callable[[], Template]) -> Template:
+        try:
+            return build()
+        except TemplateError as exc:
+            raise TemplateSpecError(
+                spec.path,
+                getattr(exc, "lineno", None),
+                f"cannot compile: {exc.message}",
+            ) from None
+
+
+def _discover(folder: Path) -> dict[str, dict[str, Path]]:
+    """Group the top-level HTML files by template name, then by language."""
+    groups: dict[str, dict[str, Path]] = {}
+    for path in sorted(folder.glob(f"*{HTML_SUFFIX}")):
+        name, _, language = path.name.removesuffix(HTML_SUFFIX).partition(".")
         if not _NAME.match(name):
             raise TemplateSpecError(
                 path,
@@ -75,50 +178,45 @@ class TemplateLibrary:
                 f"invalid template name '{name}'",
                 hint="use lower-case letters, digits and underscores",
             )
-        raw = path.read_text(encoding="utf-8")
-        spec = parse_spec(name, path, split_front_matter(raw)[0])
-        self._check_text_file(path.with_name(name + TEXT_SUFFIX))
-
-        html_files = load_sources(self._html_env, name + HTML_SUFFIX, self.folder)
-        text_files = load_sources(self._text_env, name + TEXT_SUFFIX, self.folder)
-        for file in html_files:
-            check_file(self._html_env, spec, file)
-        for file in text_files:
-            check_file(self._text_env, spec, file)
-        check_headline(self._text_env, spec, "subject", spec.subject)
-        check_headline(self._text_env, spec, "preheader", spec.preheader)
-
-        digest = hashlib.sha256(raw.encode())
-        for file in [*html_files, *text_files]:
-            digest.update(b"\0" + file.name.encode() + b"\0" + file.source.encode())
-        version = digest.hexdigest()[:_VERSION_LENGTH]
-        return MessageTemplate(spec, self._compile(spec), version, self._practice)
-
-    def _check_text_file(self, text_path: Path) -> None:
-        if not text_path.is_file():
+        if language and not _LANGUAGE.match(language):
             raise TemplateSpecError(
-                text_path,
+                path,
                 None,
-                "text part not found",
-                hint="every NAME.html.j2 needs a NAME.txt.j2 next to it",
+                f"invalid language '{language}' in the file name",
+                hint="name a language version NAME.es.html.j2 (ISO 639 code)",
             )
-        front, _ = split_front_matter(text_path.read_text(encoding="utf-8"))
-        if front is not None:
-            raise TemplateSpecError(
-                text_path, 1, "front matter belongs in the .html.j2 file only"
-            )
+        groups.setdefault(name, {})[language] = path
+    return groups
 
-    def _compile(self, spec: TemplateSpec) -> CompiledParts:
-        try:
-            return CompiledParts(
-                subject=self._text_env.from_string(spec.subject),
-                preheader=self._text_env.from_string(spec.preheader),
-                html=self._html_env.get_template(spec.name + HTML_SUFFIX),
-                text=self._text_env.get_template(spec.name + TEXT_SUFFIX),
-            )
-        except TemplateError as exc:
-            raise TemplateSpecError(
-                spec.path,
-                getattr(exc, "lineno", None),
-                f"cannot compile: {exc.message}",
-            ) from None
+
+def _front(path: Path) -> str | None:
+    return split_front_matter(path.read_text(encoding="utf-8"))[0]
+
+
+def _check_languages(spec: TemplateSpec, specs: dict[str, TemplateSpec]) -> None:
+    if len(specs) > 1 and "language" not in spec.fields:
+        raise TemplateSpecError(
+            spec.path,
+            spec.line_of("fields"),
+            "the template has language versions but does not declare 'language'",
+            hint="add language to 'fields' (with a null default if optional)",
+        )
+    if spec.fallback_language not in specs:
+        raise TemplateSpecError(
+            spec.path,
+            spec.line_of("fallback_language"),
+            f"fallback language '{spec.fallback_language}' has no version",
+            hint=f"available: {', '.join(sorted(specs))}",
+        )
+
+
+def _check_text_file(text_path: Path) -> bool:
+    """Return whether the text file exists; reject front matter in it."""
+    if not text_path.is_file():
+        return False
+    front, _ = split_front_matter(text_path.read_text(encoding="utf-8"))
+    if front is not None:
+        raise TemplateSpecError(
+            text_path, 1, "front matter belongs in the .html.j2 file only"
+        )
+    return True

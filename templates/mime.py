@@ -1,9 +1,13 @@
-"""Build the RFC 5322 message for one rendered email.
+"""Message content, envelope, header checks and the reference MIME builder.
 
 The message is multipart/alternative (text, then HTML), UTF-8 and
 quoted-printable, so no body line on the wire exceeds 76 octets however
 long a line the template produced. Every header value is checked for CR,
 LF and other control characters before anything is built.
+
+``build_message_email`` builds the message with ``EmailMessage``. It is
+the reference that the tests and ``bench/render.py`` compare the direct
+builder in ``wire.py`` against; the flows send the direct builder's bytes.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from carepost.templates.errors import HeaderInjectionError
 # ones as line breaks too.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _MESSAGE_ID = re.compile(r"<[^<>@\s]+@[^<>@\s]+>\Z")
+_LANGUAGE_TAG = re.compile(r"[a-z]{2,3}(-[A-Za-z0-9]{1,8})*\Z")
 # RFC 5322 section 2.1.1: lines must not exceed 998 octets. Raw headers
 # (List-Unsubscribe) are not folded, so the URL must fit on one line.
 _MAX_URL_LENGTH = 900
@@ -43,6 +48,10 @@ class RenderedContent:
     html: str = field(repr=False)
     text: str = field(repr=False)
     purpose: Purpose = Purpose.CARE
+    # The language of the template version that was rendered ("en", "es").
+    language: str = "en"
+    # The template's From display name; None means the configured sender's.
+    sender_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -66,13 +75,13 @@ def check_header_value(header: str, value: str) -> None:
         )
 
 
-def build_message(content: RenderedContent, envelope: Envelope) -> bytes:
-    """Return the message as bytes with CRLF line endings, ready for DATA."""
-    _check_envelope(content, envelope)
+def build_message_email(content: RenderedContent, envelope: Envelope) -> bytes:
+    """Build the message with ``EmailMessage``: the slower reference builder."""
+    check_envelope(content, envelope)
 
     message = EmailMessage(policy=_POLICY)
-    message["From"] = _address("From", envelope.from_address, envelope.from_name)
-    message["To"] = _address("To", envelope.to_address, "")
+    message["From"] = address_header("From", envelope.from_address, envelope.from_name)
+    message["To"] = address_header("To", envelope.to_address, "")
     message["Subject"] = content.subject
     message["Date"] = format_datetime(envelope.date)
     message.set_raw("Message-ID", envelope.message_id)
@@ -90,10 +99,13 @@ def build_message(content: RenderedContent, envelope: Envelope) -> bytes:
     message.add_alternative(
         content.html, subtype="html", charset="utf-8", cte="quoted-printable"
     )
+    # Set last: set_content and add_alternative move Content-* headers.
+    message["Content-Language"] = content.language
     return message.as_bytes()
 
 
-def _check_envelope(content: RenderedContent, envelope: Envelope) -> None:
+def check_envelope(content: RenderedContent, envelope: Envelope) -> None:
+    """Raise ``HeaderInjectionError`` for any header value unsafe to send."""
     values = {
         "From": envelope.from_address,
         "From display name": envelope.from_name,
@@ -101,11 +113,14 @@ def _check_envelope(content: RenderedContent, envelope: Envelope) -> None:
         "Subject": content.subject,
         "Message-ID": envelope.message_id,
         "List-Unsubscribe": envelope.unsubscribe_url,
+        "Content-Language": content.language,
     }
     for header, value in values.items():
         check_header_value(header, value)
     if not content.subject.strip():
         raise HeaderInjectionError("Subject", "is empty")
+    if not _LANGUAGE_TAG.match(content.language):
+        raise HeaderInjectionError("Content-Language", "expected a tag such as 'es'")
     if not _MESSAGE_ID.match(envelope.message_id):
         raise HeaderInjectionError("Message-ID", "expected the form <id@domain>")
     _check_unsubscribe(content, envelope)
@@ -130,7 +145,7 @@ def _check_unsubscribe(content: RenderedContent, envelope: Envelope) -> None:
         )
 
 
-def _address(header: str, addr_spec: str, display_name: str) -> Address:
+def address_header(header: str, addr_spec: str, display_name: str) -> Address:
     """Return one mailbox; the error never repeats the address."""
     if not addr_spec.isascii():
         # NOTE: SMTPUTF8 (non-ASCII local parts) is not supported yet.

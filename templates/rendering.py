@@ -4,7 +4,12 @@ The profile mapping is cut down to the template's declared fields (the
 minimum necessary). PHI wrappers are removed here and nowhere earlier.
 Every kind of missing value becomes one "missing" state before Jinja
 renders anything. Any failure becomes ``RenderFailed`` with the profile id,
-the template and, when known, the field; never with a value.
+the template and, when known, the field and template line; never with a
+value.
+
+CSS is already in the compiled templates' ``style`` attributes (see
+``styles.py``), so a render is Jinja, link rewriting and, for templates
+without a text part, the HTML-to-text conversion.
 """
 
 from __future__ import annotations
@@ -14,16 +19,18 @@ import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
+from pathlib import Path
+from types import MappingProxyType, TracebackType
 from typing import Any, NoReturn
 
-import css_inline
 from carepost.core.phi import reveal
 from carepost.core.settings import Practice
 from carepost.core.states import Purpose
 from carepost.templates.environment import FilterValueError, OutputIsNone
 from carepost.templates.errors import RenderFailed
+from carepost.templates.links import LinkRewriter, Tracking
 from carepost.templates.mime import RenderedContent, check_header_value
+from carepost.templates.plaintext import html_to_text
 from carepost.templates.spec import TemplateSpec
 from jinja2 import Template, TemplateError, UndefinedError
 from jinja2.exceptions import SecurityError
@@ -33,24 +40,24 @@ from jinja2.exceptions import SecurityError
 MESSAGE_KEYS = ("unsubscribe_url", "message_id")
 _UNDEFINED_NAME = re.compile(r"'([a-z][a-z0-9_]*)' is undefined")
 
-# CSS is inlined per message, after rendering. Inlining the Jinja source
-# once per version would need an HTML parser to keep Jinja tags in place,
-# and html5ever moves text out of <table> (foster parenting), which breaks
-# loops over rows. Measured cost: about 0.04 ms of a 0.15 ms render for
-# the 2 KB missed_appointment email (2,000 renders, css-inline 0.24,
-# Python 3.11, shared 2-core machine), small next to an SMTP round trip.
-# One inliner is shared; it never loads remote stylesheets.
-_INLINER = css_inline.CSSInliner(load_remote_stylesheets=False)
-
 
 @dataclass(frozen=True)
-class CompiledParts:
-    """The compiled Jinja templates of one library template."""
+class CompiledVersion:
+    """The compiled templates of one language version of a library template.
 
+    ``text`` is None when the version has no text file: the text part is
+    then derived from the rendered HTML.
+    """
+
+    spec: TemplateSpec
     subject: Template
     preheader: Template
     html: Template
-    text: Template
+    text: Template | None
+
+    @property
+    def language(self) -> str:
+        return self.spec.language
 
 
 class MessageTemplate:
@@ -59,12 +66,12 @@ class MessageTemplate:
     def __init__(
         self,
         spec: TemplateSpec,
-        parts: CompiledParts,
+        versions: Mapping[str, CompiledVersion],
         version: str,
         practice: Mapping[str, str],
     ) -> None:
         self._spec = spec
-        self._parts = parts
+        self._versions = dict(versions)
         self._practice = practice
         self.version = version
 
@@ -84,29 +91,74 @@ class MessageTemplate:
     def spec(self) -> TemplateSpec:
         return self._spec
 
+    @property
+    def languages(self) -> tuple[str, ...]:
+        return tuple(sorted(self._versions))
+
+    def version_spec(self, language: str) -> TemplateSpec:
+        return self._versions[language].spec
+
     def __repr__(self) -> str:
         return f"MessageTemplate(name={self.name!r}, version={self.version!r})"
 
+    def choose(self, language: object) -> CompiledVersion:
+        """Return the version for a profile's ``language`` ("es-MX" -> "es")."""
+        value = reveal(language)
+        if isinstance(value, str) and value.strip():
+            primary = value.strip().replace("_", "-").split("-")[0].lower()
+            if primary in self._versions:
+                return self._versions[primary]
+        return self._versions[self._spec.fallback_language]
+
     def render(
-        self, profile: Mapping[str, object], *, profile_id: str
+        self,
+        profile: Mapping[str, object],
+        *,
+        profile_id: str,
+        tracking: Tracking | None = None,
     ) -> RenderedContent:
         """Render subject, preheader, HTML and text for one recipient.
 
         ``profile`` contains the profile fields (plain or wrapped in ``PHI``)
-        and the per-message ``unsubscribe_url`` and ``message_id``.
+        and the per-message ``unsubscribe_url`` and ``message_id``. With
+        ``tracking``, links and the open pixel point at the tracking
+        service; without it (previews, checks) links keep their address.
         """
-        context = self._context(profile, profile_id)
-        subject = self._run(self._parts.subject, context, profile_id).strip()
-        preheader = self._run(self._parts.preheader, context, profile_id).strip()
+        language = profile.get("language") if "language" in self.fields else None
+        compiled = self.choose(language)
+        context = self._context(compiled.spec, profile, profile_id)
+        subject = self._run(compiled.subject, context, profile_id).strip()
+        preheader = self._run(compiled.preheader, context, profile_id).strip()
         check_header_value("Subject", subject)
 
-        page = {**context, "subject": subject, "preheader": preheader}
-        html = self._inline(self._run(self._parts.html, page, profile_id), profile_id)
-        text = self._run(self._parts.text, page, profile_id)
-        return RenderedContent(subject, preheader, html, text, self.purpose)
+        page = {
+            **context,
+            "subject": subject,
+            "preheader": preheader,
+            "message_language": compiled.language,
+        }
+        links = LinkRewriter(tracking, context["unsubscribe_url"])
+        # The front matter leaves blank lines before the layout's doctype.
+        html = self._run(compiled.html, page, profile_id).lstrip()
+        html = links.rewrite_html(html)
+        if compiled.text is None:
+            text = html_to_text(html)
+        else:
+            text = links.rewrite_text(self._run(compiled.text, page, profile_id))
+        if not text.strip():
+            self._fail(profile_id, "the text part is empty")
+        return RenderedContent(
+            subject,
+            preheader,
+            html,
+            text,
+            self.purpose,
+            language=compiled.language,
+            sender_name=compiled.spec.sender_name,
+        )
 
     def _context(
-        self, profile: Mapping[str, object], profile_id: str
+        self, spec: TemplateSpec, profile: Mapping[str, object], profile_id: str
     ) -> dict[str, Any]:
         context: dict[str, Any] = {"practice": self._practice}
         for key in MESSAGE_KEYS:
@@ -119,14 +171,14 @@ class MessageTemplate:
                 profile_id, "unsubscribe_url must be an https URL", "unsubscribe_url"
             )
 
-        for name in self._spec.fields:
+        for name in spec.fields:
             value = reveal(profile.get(name))
             if not is_missing(value):
                 context[name] = value
-            elif name not in self._spec.defaults:
+            elif name not in spec.defaults:
                 self._fail(profile_id, "required field is missing", name)
-            elif self._spec.defaults[name] is not None:
-                context[name] = self._spec.defaults[name]
+            elif spec.defaults[name] is not None:
+                context[name] = spec.defaults[name]
         return context
 
     def _run(self, template: Template, context: dict[str, Any], profile_id: str) -> str:
@@ -138,13 +190,14 @@ class MessageTemplate:
             match = _UNDEFINED_NAME.fullmatch(exc.message or "")
             if match and match[1] in self.fields:
                 reason = "value is missing and the template has no fallback"
-                self._fail(profile_id, reason, match[1])
-            self._fail(profile_id, "undefined variable, attribute or item")
-        except OutputIsNone:
-            self._fail(profile_id, "an expression printed None")
+                self._fail(profile_id, reason, match[1], exc)
+            self._fail(profile_id, "undefined variable, attribute or item", None, exc)
+        except OutputIsNone as exc:
+            self._fail(profile_id, "an expression printed None", None, exc)
         except (SecurityError, FilterValueError) as exc:
             # Both messages are built from template names and types only.
-            self._fail(profile_id, f"{type(exc).__name__}: {exc.message}")
+            reason = f"{type(exc).__name__}: {exc.message}"
+            self._fail(profile_id, reason, None, exc)
         except (
             TemplateError,
             ArithmeticError,
@@ -153,18 +206,39 @@ class MessageTemplate:
             ValueError,
         ) as exc:
             # Other messages may quote a value, so only the type is kept.
-            self._fail(profile_id, f"render error ({type(exc).__name__})")
+            self._fail(profile_id, f"render error ({type(exc).__name__})", None, exc)
 
-    def _inline(self, html: str, profile_id: str) -> str:
-        try:
-            return _INLINER.inline(html)
-        except css_inline.InlineError:
-            self._fail(profile_id, "CSS inlining failed")
-
-    def _fail(self, profile_id: str, reason: str, name: str | None = None) -> NoReturn:
+    def _fail(
+        self,
+        profile_id: str,
+        reason: str,
+        name: str | None = None,
+        cause: BaseException | None = None,
+    ) -> NoReturn:
+        path, line = _template_line(cause.__traceback__ if cause else None)
         raise RenderFailed(
-            profile_id=profile_id, template=self.name, reason=reason, field=name
+            profile_id=profile_id,
+            template=self.name,
+            reason=reason,
+            field=name,
+            path=path,
+            line=line,
         ) from None
+
+
+def _template_line(trace: TracebackType | None) -> tuple[Path | None, int | None]:
+    """Return the innermost template file and line of a Jinja traceback.
+
+    Jinja rewrites tracebacks so that template frames carry the template's
+    file name and line number.
+    """
+    found: tuple[Path | None, int | None] = (None, None)
+    while trace is not None:
+        filename = trace.tb_frame.f_code.co_filename
+        if filename.endswith(".j2"):
+            found = (Path(filename), trace.tb_lineno)
+        trace = trace.tb_next
+    return found
 
 
 def is_missing(value: object) -> bool:

@@ -13,12 +13,20 @@ A template ``NAME.html.j2`` starts with YAML between two ``---`` lines::
     ---
 
 A field listed in ``defaults`` is optional; every other field is required.
+
+Optional keys: ``language`` (the language of this file, default ``en``),
+``fallback_language`` (the version used when the profile's language has
+none, default ``language``) and ``sender_name`` (the From display name,
+default the configured sender's). A language version ``NAME.es.html.j2``
+has its own front matter with only ``subject``, ``preheader``,
+``sender_name`` and ``defaults``; the fields and purpose are the base
+template's.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -30,10 +38,29 @@ from carepost.templates.errors import TemplateSpecError
 # Names the engine puts in every render context; a profile field cannot
 # use them.
 ENGINE_NAMES = frozenset(
-    {"practice", "unsubscribe_url", "message_id", "subject", "preheader"}
+    {
+        "practice",
+        "unsubscribe_url",
+        "message_id",
+        "subject",
+        "preheader",
+        "message_language",
+    }
 )
-_KEYS = ("subject", "preheader", "purpose", "fields", "defaults")
+_KEYS = (
+    "subject",
+    "preheader",
+    "purpose",
+    "fields",
+    "defaults",
+    "language",
+    "fallback_language",
+    "sender_name",
+)
 _REQUIRED_KEYS = ("subject", "preheader", "purpose", "fields")
+_VERSION_KEYS = ("subject", "preheader", "defaults", "sender_name")
+_LANGUAGE = re.compile(r"[a-z]{2,3}\Z")
+DEFAULT_LANGUAGE = "en"
 _IDENTIFIER = re.compile(r"[a-z][a-z0-9_]*\Z")
 # The first file line of the YAML: line 1 of the file is "---".
 _FIRST_YAML_LINE = 2
@@ -55,6 +82,9 @@ class TemplateSpec:
     key_lines: MappingProxyType[str, int] = field(
         default_factory=lambda: MappingProxyType({})
     )
+    language: str = DEFAULT_LANGUAGE
+    fallback_language: str = DEFAULT_LANGUAGE
+    sender_name: str | None = None
 
     @property
     def optional_fields(self) -> frozenset[str]:
@@ -76,6 +106,7 @@ def parse_spec(name: str, path: Path, front: str | None) -> TemplateSpec:
     raw, lines = _load_yaml(path, front)
     _check_keys(path, raw, lines)
     fields = _fields(path, raw["fields"], lines.get("fields"))
+    language = _language(path, raw, "language", lines) or DEFAULT_LANGUAGE
     return TemplateSpec(
         name=name,
         path=path,
@@ -85,7 +116,79 @@ def parse_spec(name: str, path: Path, front: str | None) -> TemplateSpec:
         fields=fields,
         defaults=MappingProxyType(_defaults(path, raw.get("defaults"), fields, lines)),
         key_lines=MappingProxyType(lines),
+        language=language,
+        fallback_language=_language(path, raw, "fallback_language", lines) or language,
+        sender_name=_sender_name(path, raw, lines),
     )
+
+
+def parse_version_spec(
+    base: TemplateSpec, language: str, path: Path, front: str | None
+) -> TemplateSpec:
+    """Parse the front matter of the language version ``path`` of ``base``."""
+    if front is None:
+        raise TemplateSpecError(
+            path, 1, "missing front matter", hint="give at least subject and preheader"
+        )
+    raw, lines = _load_yaml(path, front)
+    for key in raw:
+        if key not in _VERSION_KEYS:
+            raise TemplateSpecError(
+                path,
+                lines.get(str(key)),
+                f"'{key}' cannot be set in a language version",
+                hint=f"set it in {base.path.name}; a version may set: "
+                f"{', '.join(_VERSION_KEYS)}",
+            )
+    for key in ("subject", "preheader"):
+        if key not in raw:
+            raise TemplateSpecError(path, _FIRST_YAML_LINE, f"missing key '{key}'")
+    defaults = _defaults(path, raw.get("defaults"), base.fields, lines)
+    for key in defaults:
+        if key not in base.defaults:
+            raise TemplateSpecError(
+                path,
+                lines.get("defaults"),
+                f"'{key}' is required in {base.path.name}",
+                hint="a language version may only translate existing defaults",
+            )
+    return replace(
+        base,
+        path=path,
+        subject=_one_line(path, raw, "subject", lines),
+        preheader=_one_line(path, raw, "preheader", lines),
+        defaults=MappingProxyType({**base.defaults, **defaults}),
+        key_lines=MappingProxyType(lines),
+        language=language,
+        sender_name=_sender_name(path, raw, lines) or base.sender_name,
+    )
+
+
+def _language(
+    path: Path, raw: dict[str, Any], key: str, lines: dict[str, int]
+) -> str | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _LANGUAGE.match(value):
+        raise TemplateSpecError(
+            path,
+            lines.get(key),
+            f"'{key}' must be a lower-case language code",
+            hint="use an ISO 639 code such as en or es",
+        )
+    return value
+
+
+def _sender_name(path: Path, raw: dict[str, Any], lines: dict[str, int]) -> str | None:
+    if "sender_name" not in raw:
+        return None
+    value = _one_line(path, raw, "sender_name", lines)
+    if "{" in value:
+        raise TemplateSpecError(
+            path, lines.get("sender_name"), "'sender_name' must be plain text"
+        )
+    return value
 
 
 def _load_yaml(path: Path, front: str) -> tuple[dict[str, Any], dict[str, int]]:

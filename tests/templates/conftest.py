@@ -17,19 +17,23 @@ SHIPPED = Path(__file__).resolve().parents[2] / "templates" / "library"
 WriteLibrary = Callable[..., TemplateLibrary]
 
 
+PRACTICE = Practice(
+    name="Lakeside Family Clinic",
+    postal_address="100 Main St, Springfield, IL 62701",
+    timezone="America/Chicago",
+    website="https://www.lakeside.example.test",
+)
+
+
 @pytest.fixture
 def practice() -> Practice:
-    return Practice(
-        name="Lakeside Family Clinic",
-        postal_address="100 Main St, Springfield, IL 62701",
-        timezone="America/Chicago",
-        website="https://www.lakeside.example.test",
-    )
+    return PRACTICE
 
 
-@pytest.fixture
-def shipped(practice: Practice) -> TemplateLibrary:
-    return TemplateLibrary(SHIPPED, practice)
+@pytest.fixture(scope="session")
+def shipped() -> TemplateLibrary:
+    """The shipped library, loaded once: loading parses about 40 files."""
+    return TemplateLibrary(SHIPPED, PRACTICE)
 
 
 @pytest.fixture

@@ -218,7 +218,9 @@ def test_public_api() -> None:
         "RenderedContent",
         "TemplateLibrary",
         "TemplateSpecError",
+        "Tracking",
         "build_message",
+        "build_message_email",
     ]
     for name in carepost.templates.__all__:
         assert hasattr(carepost.templates, name)

@@ -22,6 +22,7 @@ SUBJECTS = {
     "diabetes_education": "Sam, a free class to help you stay well",
     "checkup_reminder": "Sam, it is time for your yearly checkup",
     "missed_appointment": "Sam, let us find a new time for your visit",
+    "refill_reminder": "Sam, a quick reminder from Lakeside Family Clinic",
 }
 
 
@@ -53,7 +54,7 @@ def test_shipped_purposes(shipped: TemplateLibrary) -> None:
 
 def test_version_is_short_hash(shipped: TemplateLibrary) -> None:
     versions = {shipped.get(name).version for name in shipped.names()}
-    assert len(versions) == 3
+    assert len(versions) == len(SUBJECTS)
     assert all(len(version) == 12 for version in versions)
 
 
@@ -226,11 +227,17 @@ def test_undeclared_field_dropped_at_render(
     # The load check already rejects templates that name an undeclared
     # field; this checks the second net, the context the renderer builds.
     template = shipped.get("diabetes_education")
-    context = template._context(profile, "p17")
+    context = template._context(template.spec, profile, "p17")
 
     assert "last_name" not in context
     assert "age" not in context
-    assert set(context) == {"practice", "unsubscribe_url", "message_id", "first_name"}
+    assert set(context) == {
+        "practice",
+        "unsubscribe_url",
+        "message_id",
+        "first_name",
+        "language",
+    }
 
 
 def test_spanish_month_names(

@@ -136,11 +136,12 @@ def test_syntax_error_names_line(write_library: WriteLibrary) -> None:
     assert caught.value.line is not None
 
 
-def test_missing_text_part(tmp_path: Path, practice: Practice) -> None:
+def test_text_part_front_matter_rejected(tmp_path: Path, practice: Practice) -> None:
     (tmp_path / "solo.html.j2").write_text(
         "---\nsubject: x\npreheader: y\npurpose: care\nfields: []\n---\nx\n", "utf-8"
     )
-    with pytest.raises(TemplateSpecError, match="text part not found"):
+    (tmp_path / "solo.txt.j2").write_text("---\nsubject: z\n---\nx\n", "utf-8")
+    with pytest.raises(TemplateSpecError, match="front matter belongs"):
         TemplateLibrary(tmp_path, practice)
 
 

@@ -1,0 +1,121 @@
+"""Rewrite the links of a rendered message to the tracking service.
+
+Every ``http``/``https`` link becomes ``{base_url}/c/{token}``, and the
+HTML part gets an open pixel ``{base_url}/o/{token}``. Two kinds of link
+keep their address: the unsubscribe link (it already points at the
+tracking service, and RFC 8058 one-click needs it verbatim) and links the
+template marks with the ``data-untracked`` attribute, which is removed from
+the output. The renderer never sees the tracking secret: ``Tracking``
+gets a ``sign(tag, url)`` callable that returns a token.
+
+Links are numbered per distinct URL in the order they first appear, HTML
+part first, so the same URL in the HTML and the text part has one number
+(tag ``c0``, ``c1``, ...). A URL in the text part is left untracked when
+the HTML part marks the same URL untracked.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+UNTRACKED_ATTRIBUTE = "data-untracked"
+
+# An <a> start tag; quoted attribute values may contain ">". Values printed
+# by Jinja are autoescaped, so they cannot open or close a tag or a quote.
+_A_TAG = re.compile(r"<a\b(?:[^>\"']|\"[^\"]*\"|'[^']*')*>", re.IGNORECASE)
+_HREF = re.compile(
+    r"(\shref\s*=\s*)(?:\"([^\"]*)\"|'([^']*)'|([^\s>\"']+))", re.IGNORECASE
+)
+_UNTRACKED = re.compile(
+    r"\s" + UNTRACKED_ATTRIBUTE + r"(?:\s*=\s*(?:\"[^\"]*\"|'[^']*'|[^\s>\"']+))?"
+    r"(?=[\s/>])",
+    re.IGNORECASE,
+)
+_TEXT_URL = re.compile(r"https?://[^\s<>\"']+")
+# Punctuation that ends a sentence rather than the URL in plain text.
+_TRAILING = ".,;:!?)]}"
+_BODY_END = re.compile(r"</body\s*>", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """Makes the tracked URLs of one delivery from a token-signing callable."""
+
+    base_url: str
+    sign: Callable[[str, str | None], str] = field(repr=False)
+
+    def click_url(self, index: int, url: str) -> str:
+        return f"{self.base_url.rstrip('/')}/c/{self.sign(f'c{index}', url)}"
+
+    def open_url(self) -> str:
+        return f"{self.base_url.rstrip('/')}/o/{self.sign('o', None)}"
+
+
+class LinkRewriter:
+    """Rewrite the links of one message; one instance per message."""
+
+    def __init__(self, tracking: Tracking | None, unsubscribe_url: str) -> None:
+        self._tracking = tracking
+        self._unsubscribe_url = unsubscribe_url
+        self._indexes: dict[str, int] = {}
+        self._untracked: set[str] = {unsubscribe_url}
+
+    def rewrite_html(self, page: str) -> str:
+        """Rewrite ``<a href>`` links, drop the marker, add the open pixel."""
+        page = _A_TAG.sub(self._rewrite_tag, page)
+        if self._tracking is None:
+            return page
+        pixel = (
+            f'<img src="{html.escape(self._tracking.open_url())}" width="1" '
+            'height="1" alt="" style="display: block; width: 1px; height: 1px; '
+            'border: 0;">'
+        )
+        ends = list(_BODY_END.finditer(page))
+        if not ends:
+            return page + pixel
+        cut = ends[-1].start()
+        return page[:cut] + pixel + "\n" + page[cut:]
+
+    def rewrite_text(self, text: str) -> str:
+        """Rewrite the http(s) URLs written out in a plain-text part."""
+        if self._tracking is None:
+            return text
+        return _TEXT_URL.sub(self._rewrite_text_url, text)
+
+    def _rewrite_tag(self, match: re.Match[str]) -> str:
+        tag = match[0]
+        untracked = _UNTRACKED.search(tag) is not None
+        if untracked:
+            tag = _UNTRACKED.sub("", tag)
+        href = _HREF.search(tag)
+        if href is None:
+            return tag
+        raw = next(value for value in href.groups()[1:] if value is not None)
+        url = html.unescape(raw)
+        if untracked:
+            self._untracked.add(url)
+            return tag
+        tracked = self._tracked(url)
+        if tracked is None:
+            return tag
+        replacement = f'{href[1]}"{html.escape(tracked)}"'
+        return tag[: href.start()] + replacement + tag[href.end() :]
+
+    def _rewrite_text_url(self, match: re.Match[str]) -> str:
+        url = match[0]
+        stripped = url.rstrip(_TRAILING)
+        tracked = self._tracked(stripped)
+        if tracked is None:
+            return url
+        return tracked + url[len(stripped) :]
+
+    def _tracked(self, url: str) -> str | None:
+        if self._tracking is None or url in self._untracked:
+            return None
+        if not url.lower().startswith(("https://", "http://")):
+            return None
+        index = self._indexes.setdefault(url, len(self._indexes))
+        return self._tracking.click_url(index, url)
