@@ -172,6 +172,8 @@ app.add_typer(cli_audit.app, name="audit")
 app.command()(cli_audit.purge)
 from carepost.flows import cli_segments  # noqa: E402
 app.add_typer(cli_segments.app, name="segments")
+from carepost.flows import cli_templates  # noqa: E402
+app.add_typer(cli_templates.app, name="templates")
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -39,6 +39,13 @@ _CONDITION_WORDS = re.compile(
     re.IGNORECASE,
 )
 _FALLBACK_FILTERS = frozenset({"default", "d"})
+
+
+def condition_word(text: str) -> str | None:
+    """Return the first condition or treatment word in ``text``, or None."""
+    match = _CONDITION_WORDS.search(text)
+    return match[0] if match else None
+
 _FALLBACK_TESTS = frozenset({"defined", "undefined"})
 
 
@@ -120,12 +127,12 @@ def check_headline(
     for name in sorted(used - ENGINE_NAMES - set(spec.fields)):
         raise TemplateSpecError(spec.path, line, f"'{key}' uses undeclared '{name}'")
     for text in _literal_text(tree):
-        match = _CONDITION_WORDS.search(text)
-        if match:
+        word = condition_word(text)
+        if word is not None:
             raise TemplateSpecError(
                 spec.path,
                 line,
-                f"'{key}' names a health condition ('{match[0]}')",
+                f"'{key}' names a health condition ('{word}')",
                 hint="keep health information in the body, not the subject",
             )
 
