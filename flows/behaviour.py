@@ -251,7 +251,7 @@ class BehaviourEngine:
                     if send.kind == PendingKind.WINDOW else now.date())
         hold = SendHold(inbox=self.inbox, window=campaign.send_window,
                         fallback_zone=self.settings.practice.timezone,
-                        deadline=as_utc(send.deadline))
+                        deadline=as_utc(send.deadline), clock=lambda: now)
         return RunContext(
             settings=self.settings, campaign=campaign, template=template,
             run_key=send.run_key, run_date=run_date, ledger=self.ledger,
