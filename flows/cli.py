@@ -165,6 +165,9 @@ def print_summaries(summaries: list[dict[str, Any]]) -> None:
 # Command groups, one module each: ``carepost segments ...`` and so on.
 # Each module defines ``app = typer.Typer(...)`` and imports heavy
 # dependencies inside its commands, so ``carepost --help`` stays fast.
+from carepost.flows import cli_engagement  # noqa: E402
+app.command()(cli_engagement.report)
+app.command()(cli_engagement.feedback)
 from carepost.flows import cli_serve  # noqa: E402
 app.command()(cli_serve.serve)
 from carepost.flows import cli_audit  # noqa: E402

@@ -132,7 +132,7 @@ def import_conversions(ledger: Ledger, warehouse: duckdb.DuckDBPyConnection,
 
 def _first_sent_at(ledger: Ledger) -> datetime | None:
     with Session(ledger.engine) as session:
-        first = session.exec(select(func.min(Delivery.created_at))
+        first = session.exec(select(func.min(Delivery.updated_at))
                              .where(Delivery.state == DeliveryState.SENT.value)).one()
     return as_utc(first) if first is not None else None
 
@@ -165,7 +165,7 @@ async def feedback_flow() -> dict[str, int]:
         conversions = _import_from_warehouse(settings, ledger, campaigns)
         pushed = await push_outbox_task()
         for campaign in campaigns:
-            publish_artifact(build_report(ledger, campaign))
+            await publish_artifact(build_report(ledger, campaign))
     finally:
         ledger.close()
     summary = {"conversions": conversions, **pushed,
