@@ -82,7 +82,8 @@ class Stylesheet:
             if text[end : rule.start()].strip():
                 break
             end = rule.end()
-            line = text[: rule.start()].count("\n") + 1
+            start = rule.start() + len(rule[1]) - len(rule[1].lstrip())
+            line = text[:start].count("\n") + 1
             for selector in rule[1].split(","):
                 self._add_selector(selector.strip(), line)
         if text[end:].strip():
