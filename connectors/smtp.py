@@ -157,6 +157,10 @@ class TlsSender:
         self._slots = None
         idle, self._idle = self._idle, []
         await asyncio.gather(*(session.quit() for session in idle))
+        # A closed transport releases its socket in a callback on the next
+        # loop iteration. Yield once so that happens before the caller's
+        # event loop can be closed.
+        await asyncio.sleep(0)
 
     async def send(
         self, *, envelope_from: str, recipient: str, data: bytes, profile_id: str

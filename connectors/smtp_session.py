@@ -14,6 +14,7 @@ out: a lost reply after that point means the outcome is unknown.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import ssl
 from collections.abc import Awaitable
@@ -140,7 +141,7 @@ async def open_session(config: SessionConfig) -> SmtpSession:
         await _ehlo(client)
         await _authenticate(client, config)
     except BaseException:
-        client.close()
+        _abort(client, client.transport)
         raise
     return SmtpSession(client, tls, config.timeout_seconds)
 
@@ -152,6 +153,9 @@ class SmtpSession:
         self.tls = tls
         self.messages_sent = 0
         self._client = client
+        # aiosmtplib forgets its transport when it closes itself (after a
+        # timeout or a 421), so keep it here for _abort.
+        self._transport = client.transport
         self._timeout_seconds = timeout_seconds
         self._broken = False
 
@@ -201,7 +205,7 @@ class SmtpSession:
 
     def close(self) -> None:
         self._broken = True
-        self._client.close()
+        _abort(self._client, self._transport)
 
     async def _step(self, step: str, command: Awaitable[SMTPResponse]) -> SMTPResponse:
         try:
@@ -318,6 +322,18 @@ async def _authenticate(client: SMTP, config: SessionConfig) -> None:
         raise TransportError(reason, smtp_code=exc.code) from None
     except (SMTPException, OSError) as exc:
         raise TransportError(f"AUTH failed: {type(exc).__name__}") from None
+
+
+def _abort(client: SMTP, transport: asyncio.BaseTransport | None) -> None:
+    """Close the client and drop its socket without a TLS shutdown exchange.
+
+    A plain close() of a TLS transport waits for the server's close_notify,
+    which can outlive the caller's event loop and leak the socket. The
+    session is over either way, after QUIT or after an error.
+    """
+    client.close()
+    if isinstance(transport, asyncio.Transport):
+        transport.abort()
 
 
 def _enhanced_status(message: str) -> str:
