@@ -5,11 +5,11 @@
 ``default=json_default``) and pydantic serialization all give a mask, and
 pickling raises. Only ``reveal()`` returns the value, and only the
 renderer and the SMTP envelope call it.
-``RedactingFilter`` is the second net: attached to carepost's and
-Prefect's log handlers, it masks anything shaped like an email address
-and any registered marker value (tests use this to prove that a marker
-name never reaches a log) in the message, its arguments, the values
-passed with ``extra=`` and the formatted exception text.
+``RedactingFilter`` is the second net, attached to carepost's and
+Prefect's log handlers. It masks anything shaped like an email address
+and any registered marker value (tests register marker names to prove
+they never reach a log). It covers the message, its arguments, the
+values passed with ``extra=`` and the formatted exception text.
 """
 
 from __future__ import annotations

@@ -15,9 +15,9 @@ from prefect import flow, get_run_logger
 from carepost.core.settings import load_settings
 from carepost.ledger.retention import purge_expired
 
-# Daily, at a quiet hour in the practice's time zone.
-# NOTE: nothing schedules this yet; `carepost serve` does not exist, so
-# run `carepost purge` from cron or deploy purge_flow with this cron.
+# Daily at 03:30, in the time zone of the deployment that uses it.
+# NOTE: `carepost serve` does not schedule this flow yet, so run
+# `carepost purge` from cron or deploy purge_flow with this cron.
 PURGE_CRON = "30 3 * * *"
 
 

@@ -11,8 +11,8 @@ Data classes, their tables and the timestamp that ages them:
 | `audit_entries`     | `audit_log` (oldest first)       | `created_at`   |
 
 A table that does not exist in this database (a package not installed
-yet) counts 0. Rows of a campaign under a legal hold are kept; for the
-audit log, which can only lose its oldest entries, the purge stops at the
+yet) counts 0. Rows of a campaign under a legal hold are kept. The audit
+log can only lose its oldest entries, so there the purge stops at the
 first entry that names a held campaign. Delivery rows in ``queued``,
 ``sending`` or ``deferred`` are kept whatever their age, because they are
 unresolved.

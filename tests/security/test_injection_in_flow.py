@@ -1,8 +1,9 @@
 """Header and envelope injection through profile fields, through the whole
 per-recipient pipeline: real DuckDB, SQLite ledger and STARTTLS server.
 
-A render failure and a send failure are both caused by marker values; the
-exception text, the ledger and the log records must name profile ids only.
+Both injections carry marker values and fail their recipient only. The
+exception text, the ledger and the log records must name profile ids, never
+the values.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Forged tokens and open-redirect attempts against the real click endpoint.
 
 Tampered, unsigned and wrong-tag tokens are covered in
-tests/service/test_tracking_routes.py and tests/core/test_tokens.py; these
-add a forged delivery id, a token re-signed with a guessed key, and
+tests/service/test_tracking_routes.py and tests/core/test_tokens.py. These
+tests add a forged delivery id, a token signed with a guessed key, and
 destinations smuggled in beside a valid token.
 """
 
