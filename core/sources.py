@@ -116,7 +116,12 @@ class FhirSource(_Strict):
     page_size: int = Field(default=100, ge=1, le=1000)
     auth: SmartAuth | None = None
     timeout_seconds: float = 60.0
+    # Longest wait for an export to finish, polls included.
     max_wait_seconds: float = Field(default=3600.0, gt=0)
+    # Tries per request on 429, 5xx and timeouts; the backoff doubles from
+    # backoff_seconds when the server sends no Retry-After.
+    max_attempts: int = Field(default=6, ge=1, le=20)
+    backoff_seconds: float = Field(default=0.5, gt=0)
 
 
 class SegmentSource(_Strict):
