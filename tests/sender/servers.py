@@ -4,7 +4,7 @@ A `RecordingServer` runs aiosmtpd in a thread and records, from the server
 side, every command each session sent (and whether it arrived encrypted),
 every byte received before TLS, and the raw content of each DATA. A
 `Script` makes it misbehave the ways real relays and attackers do: no
-STARTTLS, STARTTLS answered 454, TLS 1.0/1.1 only, a bad certificate, 421
+STARTTLS, a 454 reply to STARTTLS, TLS 1.0/1.1 only, a bad certificate, 421
 after N messages, a rejected recipient, a lost or late final reply.
 
 The servers do not require STARTTLS before MAIL, so a client that sent MAIL
@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import functools
+import socket
 import ssl
 import threading
 import warnings
@@ -46,6 +47,7 @@ class Script:
     data_delay_seconds: float = 0.0
     close_after_data: bool = False
     credentials: tuple[str, str] | None = None
+    idle_timeout_seconds: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,18 @@ def build_message(recipient: str, body: str = "Your flu shot is due.") -> bytes:
     ).encode("ascii")
 
 
+def read_reply(connection: socket.socket) -> bytes:
+    """Read one whole SMTP reply, byte by byte so no TLS byte is consumed."""
+    reply = b""
+    while True:
+        line = b""
+        while not line.endswith(b"\r\n"):
+            line += connection.recv(1)
+        reply += line
+        if line[3:4] != b"-":
+            return reply
+
+
 class RecordingServer:
     """An aiosmtpd server in a thread that follows a `Script` and records."""
 
@@ -182,6 +196,7 @@ class RecordingServer:
             # test can show the client never uses it there.
             auth_require_tls=self.script.offer_starttls,
             authenticator=self._authenticate,
+            timeout=self.script.idle_timeout_seconds,
         )
         self._controller.start()
         self.port = self._controller.port

@@ -17,7 +17,7 @@ from carepost.core.settings import SmtpSettings
 from carepost.core.states import DeliveryState
 
 from .conftest import SettingsFor, StartServer
-from .servers import RecordingServer, Script, build_message
+from .servers import RecordingServer, Script, build_message, read_reply
 
 RECIPIENT = "sam@example.org"
 SENDER = "clinic@example.org"
@@ -25,7 +25,8 @@ BODY = "Your flu shot is due."
 
 
 async def send_one(settings: SmtpSettings, **sender_options: object) -> SendOutcome:
-    async with TlsSender(settings, **sender_options) as sender:  # type: ignore[arg-type]
+    sender = TlsSender(settings, **sender_options)  # type: ignore[arg-type]
+    async with sender:
         return await sender.send(
             envelope_from=SENDER,
             recipient=RECIPIENT,
@@ -147,7 +148,7 @@ async def test_no_starttls_never_authenticates_in_clear(
 async def test_starttls_rejected_454_drops(
     start_server: StartServer, settings_for: SettingsFor
 ) -> None:
-    script = Script(starttls_reply="454 4.7.0 TLS not available due to temporary reason")
+    script = Script(starttls_reply="454 4.7.0 TLS not available, try later")
     server = start_server(script)
 
     outcome = await send_one(settings_for(server))
@@ -173,17 +174,6 @@ async def test_legacy_tls_only_server_drops(
     assert outcome.reason.startswith("TLS handshake failed")
     assert server.tls_sessions == 0
     assert server.tls_versions == []
-
-
-def read_reply(raw: socket.socket) -> bytes:
-    """Read one SMTP reply, byte by byte so no TLS handshake byte is consumed."""
-    line = b""
-    while True:
-        line += raw.recv(1)
-        if line.endswith(b"\r\n"):
-            if line[3:4] == b" ":
-                return line
-            line = b""
 
 
 def test_legacy_server_really_serves_tls11(
@@ -311,7 +301,9 @@ def test_plain_string_password_rejected(ca_file) -> None:
 
 def test_username_without_password_rejected(ca_file) -> None:
     settings = SmtpSettings(
-        username="relay-user", password_env="CAREPOST_UNSET_VARIABLE", ca_file=str(ca_file)
+        username="relay-user",
+        password_env="CAREPOST_UNSET_VARIABLE",
+        ca_file=str(ca_file),
     )
 
     with pytest.raises(ConfigError, match="CAREPOST_UNSET_VARIABLE"):
