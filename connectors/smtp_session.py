@@ -8,8 +8,8 @@ established or verified. The sender turns either into a delivery outcome.
 
 `SmtpSession.transmit` runs one MAIL/RCPT/DATA transaction and returns a
 `Reply`. It writes the message content itself, rather than through
-`aiosmtplib.SMTP.data`, so that it knows whether the end-of-data marker went
-out: a lost reply after that point means the outcome is unknown.
+`aiosmtplib.SMTP.data`, so that it can tell whether the end-of-data marker
+went out: a lost reply after that point means the outcome is unknown.
 """
 
 from __future__ import annotations
@@ -153,8 +153,8 @@ class SmtpSession:
         self.tls = tls
         self.messages_sent = 0
         self._client = client
-        # aiosmtplib forgets its transport when it closes itself (after a
-        # timeout or a 421), so keep it here for _abort.
+        # aiosmtplib drops its transport reference when it closes itself
+        # after a timeout or a 421, so keep it here for _abort.
         self._transport = client.transport
         self._timeout_seconds = timeout_seconds
         self._broken = False
