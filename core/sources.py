@@ -144,6 +144,11 @@ class SegmentSource(_Strict):
     })
     page_size: int = Field(default=100, ge=1, le=100)
     timeout_seconds: float = 30.0
+    # Profiles fetched at once; the API allows 100 requests/s per space.
+    concurrency: int = Field(default=4, ge=1, le=16)
+    # Tries per request on 429 and 5xx, with a doubling backoff.
+    max_attempts: int = Field(default=6, ge=1, le=20)
+    backoff_seconds: float = Field(default=0.5, gt=0)
 
 
 Source = Annotated[FileSource | FhirSource | SegmentSource, Field(discriminator="kind")]
