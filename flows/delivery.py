@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 
-from carepost.connectors.smtp import SendOutcome, TlsSender
+from carepost.connectors.smtp import EnvelopeError, SendOutcome, TlsSender
 from carepost.core.campaign import Campaign
 from carepost.core.phi import PHI
 from carepost.core.settings import Settings
@@ -210,11 +210,18 @@ async def deliver_one(run: RunContext, recipient: Recipient) -> str:
 
     if not run.ledger.begin_send(claim.delivery_id):
         return "already_done"
-    outcome = await run.sender.send(
-        envelope_from=run.settings.sender.address,
-        recipient=recipient.address.reveal(), data=data,
-        profile_id=recipient.profile_id,
-    )
+    try:
+        outcome = await run.sender.send(
+            envelope_from=run.settings.sender.address,
+            recipient=recipient.address.reveal(), data=data,
+            profile_id=recipient.profile_id,
+        )
+    except EnvelopeError as exc:
+        # The guard raised before any byte reached the server, so the
+        # address is unusable rather than the delivery unknown.
+        log.warning("profile %s not sent: %s", recipient.profile_id, exc)
+        return _settle(run, recipient, claim.delivery_id,
+                       Settlement(DeliveryState.SUPPRESSED, reason=str(exc)))
     return _settle_outcome(run, recipient, claim.delivery_id, outcome)
 
 

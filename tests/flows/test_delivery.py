@@ -162,3 +162,25 @@ async def test_sent_rows_carry_tls_proof(tmp_path, warehouse, smtp_server) -> No
     assert row.tls_version in ("TLSv1.2", "TLSv1.3")
     assert row.tls_cipher
     assert len(row.cert_sha256) == 64
+
+
+async def test_injected_address_never_reaches_server(tmp_path, warehouse,
+                                                     smtp_server) -> None:
+    # The files connector quarantines such a value; this row bypasses it to
+    # prove the MIME builder and the sender's guard stop it later.
+    warehouse.execute(
+        "INSERT INTO profiles (profile_id, email, first_name, timezone, language,"
+        " consent_marketing, consent_contact, traits) VALUES (?, ?, 'Hal',"
+        " 'America/Chicago', 'en', true, true, '{}')",
+        ["p-inject", "sam@example.test>\r\nRCPT TO:<leak@evil.example.test"],
+    )
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    async with TlsSender(_smtp(smtp_server)) as sender:
+        run = _run(tmp_path, warehouse, sender, ledger, CARE)
+        counts = await deliver_batch(run, ["p-inject", "p-ok-1"])
+
+    assert counts["sent"] == 1
+    assert smtp_server.messages_received == 1
+    (row,) = [r for r in _rows(ledger) if r.profile_id == "p-inject"]
+    assert row.state in (DeliveryState.RENDER_FAILED, DeliveryState.SUPPRESSED)
+    assert "leak" not in (row.reason or "")
