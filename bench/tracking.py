@@ -5,7 +5,7 @@
    a fixed number of requests in flight. The load stops after
    ``--requests`` requests or ``--seconds`` seconds, whichever comes first.
 2. Push: ``--events`` outbox events go to a local endpoint that accepts
-   Segment ``/v1/batch`` bodies (parses them and answers 200), through the
+   Segment ``/v1/batch`` bodies (parses them and returns 200), through the
    real ``SegmentBatchSink`` and ``push_outbox``.
 
     .venv/bin/python bench/tracking.py [--requests 4000] [--seconds 30]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -13,6 +13,9 @@ from rich.table import Table
 
 from carepost.core.errors import CarepostError, ConfigError
 from carepost.core.settings import CONFIG_FILE
+
+if TYPE_CHECKING:
+    from carepost.flows.report import Report
 
 console = Console()
 errors = Console(stderr=True)
@@ -27,7 +30,7 @@ def _fail(exc: CarepostError, code: int = 1) -> None:
     raise typer.Exit(code) from None
 
 
-def _print_table(report: object) -> None:
+def _print_table(report: Report) -> None:
     from carepost.flows.report import COUNTS, RATES
 
     table = Table(title=f"Engagement of {report.campaign} "

@@ -12,12 +12,12 @@ Counts, each per delivery (a message opened five times counts once):
 - ``conversions``: goal events attributed to the deliveries (attribution
   already requires a human open or click inside the goal's window).
 
-Rates divide human events by ``delivered``; machine events never enter a
-rate. Small-cell rule for every export that leaves the machine (JSON,
-HTML, the Prefect artifact): a count under 11, zero included, is shown
-as ``"<11"``, and a rate whose count or denominator is under 11 is
-shown as null (``-`` in HTML and Markdown). The terminal table shows
-exact counts.
+Rates divide human events by ``delivered``, so machine events never
+enter a rate. The small-cell rule covers every export that leaves the
+machine (JSON, HTML, the Prefect artifact). A count under 11, zero
+included, is shown as ``"<11"``. A rate whose count or denominator is
+under 11 is shown as null (``-`` in HTML and Markdown). The terminal
+table shows exact counts.
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ Invariants a change must keep:
   row's ``dedupe_key`` is unique, so a repeated hit adds nothing.
 - The dedupe key is (delivery id, event kind, verdict, link index, time
   bucket): provider event ids change on retries and are not used.
-- A conversion is stored once per CDP event id; it is attributed to at
-  most one delivery, the one with the latest human open or click inside
+- A conversion is stored once per CDP event id. It is attributed to at
+  most one delivery: the one with the latest human open or click inside
   the campaign goal's window.
 - An event the sink rejects as too large goes to ``dead_letters`` with a
   count; it is taken out of the push queue, never dropped silently.
@@ -208,8 +208,9 @@ class Engagement:
     def unsubscribe(self, delivery: Delivery, hit: Hit) -> bool:
         """Suppress the delivery's address for its purpose; False if it has none.
 
-        The suppression, the engagement row and its outbox event are
-        written in one transaction; a repeated unsubscribe changes nothing.
+        The suppression is committed before the engagement row and its
+        outbox event, so the opt-out holds even if recording the event
+        fails. A repeated unsubscribe changes nothing.
         """
         if delivery.address_hash is None:
             return False
