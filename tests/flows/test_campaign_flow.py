@@ -140,5 +140,8 @@ def test_flow_parameters_are_names_and_dates(delivered, prefect_api) -> None:
             if run["name"] == f"missed_appointment-{RUN_DATE}"]
     assert runs
     for run in runs:
-        assert run["parameters"] == {"campaign": "missed_appointment",
-                                     "run_date": RUN_DATE}
+        parameters = run["parameters"]
+        assert parameters["campaign"] == "missed_appointment"
+        assert parameters["run_date"] == RUN_DATE
+        # Any other parameter is a schedule time, never profile data.
+        assert set(parameters) <= {"campaign", "run_date", "scheduled_for"}
