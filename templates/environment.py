@@ -10,7 +10,9 @@ values it was given.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import date, datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -18,6 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from jinja2 import FileSystemLoader, StrictUndefined, TemplateNotFound, pass_context
 from jinja2.environment import Environment
 from jinja2.exceptions import TemplateRuntimeError
+from jinja2.environment import TemplateModule
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -171,11 +174,15 @@ def _language(context: Context) -> str:
     return primary if primary in _MONTHS else "en"
 
 
-def _zone(context: Context) -> ZoneInfo:
+def _zone_name(context: Context) -> str:
     name = context.get("timezone")
-    if not isinstance(name, str):
-        practice = context.get("practice")
-        name = practice["timezone"] if practice is not None else "UTC"
+    if isinstance(name, str):
+        return name
+    practice = context.get("practice")
+    return practice.timezone if practice is not None else "UTC"
+
+
+def _zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
@@ -194,7 +201,8 @@ def _long_date(day: date, language: str) -> str:
 def format_date(context: Context, value: object) -> str:
     """Format a date (or an aware datetime, in the recipient's zone)."""
     if isinstance(value, datetime):
-        value = _localize(context, value).date()
+        _check_aware(value)
+        return _cached_date(value, _zone_name(context), _language(context))
     if not isinstance(value, date):
         raise FilterValueError("format_date expects a date")
     return _long_date(value, _language(context))
@@ -209,20 +217,64 @@ def format_datetime(context: Context, value: object) -> str:
     """
     if not isinstance(value, datetime):
         raise FilterValueError("format_datetime expects a datetime")
-    local = _localize(context, value)
-    language = _language(context)
-    zone = local.tzname() or ""
+    _check_aware(value)
+    return _cached_datetime(value, _zone_name(context), _language(context))
+
+
+# A message prints the same time in its HTML and text parts, so the
+# formatted text is cached (keys are values, zones and languages only).
+@lru_cache(maxsize=256)
+def _cached_date(value: datetime, zone: str, language: str) -> str:
+    return _long_date(value.astimezone(_zone(zone)).date(), language)
+
+
+@lru_cache(maxsize=256)
+def _cached_datetime(value: datetime, zone: str, language: str) -> str:
+    local = value.astimezone(_zone(zone))
+    name = local.tzname() or ""
     if language == "es":
-        return f"{_long_date(local.date(), language)}, {local:%H:%M} {zone}".rstrip()
+        return f"{_long_date(local.date(), language)}, {local:%H:%M} {name}".rstrip()
     clock = f"{local:%I:%M %p}".lstrip("0")
-    return f"{_long_date(local.date(), language)} at {clock} {zone}".rstrip()
+    return f"{_long_date(local.date(), language)} at {clock} {name}".rstrip()
 
 
-def _localize(context: Context, value: datetime) -> datetime:
+def _check_aware(value: datetime) -> None:
     if value.tzinfo is None or value.utcoffset() is None:
         # A naive time could be UTC or local; guessing would show a wrong hour.
         raise FilterValueError("datetime has no time zone")
-    return value.astimezone(_zone(context))
+
+
+@dataclass(frozen=True)
+class PracticeView:
+    """The practice details every template may print, as attributes.
+
+    Plain attributes keep ``practice.name`` on the sandbox's fast path
+    (see ``Sandbox``); a mapping would make Jinja try the attribute, catch
+    the error and then look the key up, on every access.
+    """
+
+    name: str
+    postal_address: str
+    timezone: str
+    website: str
+
+
+class Sandbox(ImmutableSandboxedEnvironment):
+    """The immutable sandbox, with a fast path for two known-safe kinds.
+
+    Every ``practice.name`` or ``blocks.footer`` goes through
+    ``is_safe_attribute``, whose generic checks (internal attributes,
+    known mutable types) were a quarter of a render. Public attributes of
+    the practice view and of imported template modules give the same
+    answer without them; everything else takes the generic path.
+    """
+
+    fast_types: tuple[type, ...] = (TemplateModule, PracticeView)
+
+    def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
+        if type(obj) in self.fast_types and not attr.startswith("_"):
+            return True
+        return super().is_safe_attribute(obj, attr, value)
 
 
 def _configure(env: ImmutableSandboxedEnvironment) -> ImmutableSandboxedEnvironment:
@@ -236,7 +288,7 @@ def _configure(env: ImmutableSandboxedEnvironment) -> ImmutableSandboxedEnvironm
 def html_environment(
     folder: Path, transform: Callable[[str, Path], str] | None = None
 ) -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(
+    env = Sandbox(
         loader=LibraryLoader(folder, HTML_SUFFIX, transform),
         undefined=StrictUndefined,
         autoescape=True,
@@ -250,7 +302,7 @@ def html_environment(
 
 
 def text_environment(folder: Path) -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(
+    env = Sandbox(
         loader=LibraryLoader(folder, TEXT_SUFFIX),
         undefined=StrictUndefined,
         autoescape=False,

@@ -25,7 +25,7 @@ UNTRACKED_ATTRIBUTE = "data-untracked"
 
 # An <a> start tag; quoted attribute values may contain ">". Values printed
 # by Jinja are autoescaped, so they cannot open or close a tag or a quote.
-_A_TAG = re.compile(r"<a\b(?:[^>\"']|\"[^\"]*\"|'[^']*')*>", re.IGNORECASE)
+_A_TAG = re.compile(r"<[aA]\s(?:[^>\"']+|\"[^\"]*\"|'[^']*')*>")
 _HREF = re.compile(
     r"(\shref\s*=\s*)(?:\"([^\"]*)\"|'([^']*)'|([^\s>\"']+))", re.IGNORECASE
 )
@@ -60,7 +60,7 @@ class LinkRewriter:
     def __init__(self, tracking: Tracking | None, unsubscribe_url: str) -> None:
         self._tracking = tracking
         self._unsubscribe_url = unsubscribe_url
-        self._indexes: dict[str, int] = {}
+        self._tracked_urls: dict[str, str] = {}
         self._untracked: set[str] = {unsubscribe_url}
 
     def rewrite_html(self, page: str) -> str:
@@ -117,5 +117,9 @@ class LinkRewriter:
             return None
         if not url.lower().startswith(("https://", "http://")):
             return None
-        index = self._indexes.setdefault(url, len(self._indexes))
-        return self._tracking.click_url(index, url)
+        tracked = self._tracked_urls.get(url)
+        if tracked is None:
+            # The index is the number of distinct URLs seen before this one.
+            tracked = self._tracking.click_url(len(self._tracked_urls), url)
+            self._tracked_urls[url] = tracked
+        return tracked

@@ -20,13 +20,17 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType, TracebackType
+from types import TracebackType
 from typing import Any, NoReturn
 
 from carepost.core.phi import reveal
 from carepost.core.settings import Practice
 from carepost.core.states import Purpose
-from carepost.templates.environment import FilterValueError, OutputIsNone
+from carepost.templates.environment import (
+    FilterValueError,
+    OutputIsNone,
+    PracticeView,
+)
 from carepost.templates.errors import RenderFailed
 from carepost.templates.links import LinkRewriter, Tracking
 from carepost.templates.mime import RenderedContent, check_header_value
@@ -68,7 +72,7 @@ class MessageTemplate:
         spec: TemplateSpec,
         versions: Mapping[str, CompiledVersion],
         version: str,
-        practice: Mapping[str, str],
+        practice: PracticeView,
     ) -> None:
         self._spec = spec
         self._versions = dict(versions)
@@ -256,6 +260,11 @@ def is_missing(value: object) -> bool:
     return bool(pandas.api.types.is_scalar(value) and pandas.isna(value))
 
 
-def practice_view(practice: Practice) -> Mapping[str, str]:
+def practice_view(practice: Practice) -> PracticeView:
     """Return the read-only practice details every template may print."""
-    return MappingProxyType(practice.model_dump())
+    return PracticeView(
+        name=practice.name,
+        postal_address=practice.postal_address,
+        timezone=practice.timezone,
+        website=practice.website,
+    )

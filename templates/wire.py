@@ -128,15 +128,17 @@ def encode_subject(subject: str) -> bytes:
 
 
 def _utf8_chunks(text: str, limit: int) -> list[bytes]:
-    chunks: list[bytes] = []
-    current = bytearray()
-    for character in text:
-        encoded = character.encode("utf-8")
-        if current and len(current) + len(encoded) > limit:
-            chunks.append(bytes(current))
-            current = bytearray()
-        current += encoded
-    chunks.append(bytes(current))
+    data = text.encode("utf-8")
+    chunks = []
+    start = 0
+    while len(data) - start > limit:
+        end = start + limit
+        # Back up to a character start: continuation bytes are 0b10xxxxxx.
+        while data[end] & 0xC0 == 0x80:
+            end -= 1
+        chunks.append(data[start:end])
+        start = end
+    chunks.append(data[start:])
     return chunks
 
 

@@ -164,3 +164,20 @@ def test_symlink_outside_folder_rejected(
 def test_unknown_template_name(shipped: TemplateLibrary) -> None:
     with pytest.raises(TemplateSpecError, match="no template named 'nope'"):
         shipped.get("nope")
+
+
+def test_fast_path_keeps_private_attributes_out() -> None:
+    from carepost.templates.environment import html_environment
+    from carepost.templates.rendering import practice_view
+    from jinja2 import Undefined
+
+    from .conftest import PRACTICE, SHIPPED
+
+    env = html_environment(SHIPPED)
+    view = practice_view(PRACTICE)
+    module = env.get_template("partials/blocks.html.j2").module
+
+    assert env.getattr(view, "name") == "Lakeside Family Clinic"
+    for target in (view, module):
+        for name in ("__class__", "__init__", "__dict__", "_body_stream"):
+            assert isinstance(env.getattr(target, name), Undefined)
