@@ -3,9 +3,12 @@
 A campaign message goes to exactly one patient. These checks reject anything
 that could send it to someone else or smuggle extra SMTP commands:
 
-- a CR, LF or other control character in the envelope sender or recipient
-  (it would end the command line and start a new one, RFC 5321 section 2.3.8);
-- an envelope address that is not one plain ASCII addr-spec;
+- a CR, LF or other control character (C0, C1, U+2028, U+2029) in the
+  envelope sender or recipient (it would end the command line and start a
+  new one, RFC 5321 section 2.3.8);
+- an envelope address that is not one plain addr-spec. A non-ASCII local
+  part is allowed (RFC 6531) and makes the message need SMTPUTF8; a
+  non-ASCII domain must be a valid IDN and goes out in its ASCII form;
 - more than one envelope recipient;
 - message headers with more than one ``To`` address, a ``To`` address that
   differs from the envelope recipient, or any ``Cc``/``Bcc``/``Resent-*``
@@ -18,21 +21,22 @@ from __future__ import annotations
 
 import re
 from email.message import Message
-from email.parser import BytesHeaderParser
+from email.parser import HeaderParser
 from email.policy import compat32
 from email.utils import getaddresses
 
+from carepost.connectors.mx import to_ascii_domain
 from carepost.core.errors import CarepostError
 
-__all__ = ["EnvelopeError", "check_envelope"]
+__all__ = ["EnvelopeError", "check_envelope", "wire_address"]
 
-_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 # A dot-atom local part and a host name of letters, digits and hyphens
 # (IDNs in their ASCII "xn--" form). Quoted local parts and address literals
 # are valid in RFC 5321 but never come from a CDP profile, so they are
 # rejected rather than passed to the relay.
-_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\u00a0-\U0010ffff-]+"
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _ADDR_SPEC = re.compile(rf"{_ATOM}(?:\.{_ATOM})*@{_LABEL}(?:\.{_LABEL})+")
 
@@ -77,23 +81,33 @@ def check_envelope(
     _check_headers(data, recipient, profile_id)
 
 
+def wire_address(address: str) -> tuple[str, bool]:
+    """Return the address with its domain in ASCII, and whether it needs SMTPUTF8.
+
+    Call only on an address that `check_envelope` accepted.
+    """
+    local, _, domain = address.rpartition("@")
+    return f"{local}@{to_ascii_domain(domain)}", not local.isascii()
+
+
 def _check_address(value: object, role: str, profile_id: str) -> None:
     if not isinstance(value, str) or not value:
         raise EnvelopeError(profile_id, f"{role} is missing")
     if _CONTROL_CHARACTER.search(value):
         raise EnvelopeError(profile_id, f"{role} contains a control character")
-    if not value.isascii():
-        raise EnvelopeError(
-            profile_id,
-            f"{role} contains non-ASCII characters, which need SMTPUTF8 "
-            "and the sender does not use it",
-        )
-    if not _ADDR_SPEC.fullmatch(value):
+    local, at, domain = value.rpartition("@")
+    try:
+        ascii_domain = to_ascii_domain(domain) if at else ""
+    except ValueError as exc:
+        raise EnvelopeError(profile_id, f"{role} domain: {exc}") from None
+    if domain.endswith(".") or not _ADDR_SPEC.fullmatch(f"{local}@{ascii_domain}"):
         raise EnvelopeError(profile_id, f"{role} is not one plain address")
 
 
 def _check_headers(data: bytes, recipient: str, profile_id: str) -> None:
-    headers: Message = BytesHeaderParser(policy=compat32).parsebytes(data)
+    # UTF-8 header bytes (RFC 6532) decode to text; other bytes stay escaped.
+    text = data.decode("utf-8", "surrogateescape")
+    headers: Message = HeaderParser(policy=compat32).parsestr(text, headersonly=True)
 
     for name in _FORBIDDEN_HEADERS:
         if headers.get_all(name):
@@ -113,9 +127,19 @@ def _check_headers(data: bytes, recipient: str, profile_id: str) -> None:
             f"in {len(to_values)} To header(s)",
             hint="build one message per recipient with a single To",
         )
-    if addresses[0].casefold() != recipient.casefold():
+    if _comparable(addresses[0]) != _comparable(recipient):
         raise EnvelopeError(
             profile_id,
             "the To header address differs from the envelope recipient",
             hint="render the message for the same profile it is sent to",
         )
+
+
+def _comparable(address: str) -> str:
+    """Return an address in a form where the IDN and case variants compare equal."""
+    local, _, domain = address.rpartition("@")
+    try:
+        domain = to_ascii_domain(domain)
+    except ValueError:
+        pass
+    return f"{local}@{domain}".casefold()

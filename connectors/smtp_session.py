@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import re
 import ssl
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiosmtplib import (
@@ -43,6 +43,7 @@ from carepost.core.errors import CarepostError
 from carepost.core.states import DeliveryState
 
 __all__ = [
+    "NEEDS_SMTPUTF8",
     "OUTCOME_UNKNOWN",
     "Reply",
     "SessionConfig",
@@ -53,6 +54,9 @@ __all__ = [
 ]
 
 OUTCOME_UNKNOWN = "outcome unknown: no reply after DATA"
+NEEDS_SMTPUTF8 = (
+    "undeliverable: the address needs SMTPUTF8 and the server does not offer it"
+)
 
 _START_MAIL_INPUT = 354
 _COMPLETED = 250
@@ -101,6 +105,13 @@ class SessionConfig:
     context: ssl.SSLContext
     username: str | None
     password: SecretStr | None
+    # The name the certificate must match when ``host`` is an MX host's
+    # address; None means ``host`` itself.
+    tls_server_name: str | None = None
+    connect_timeout_seconds: float | None = None
+    # False only under ``smtp.unverified_mx: encrypt`` for an MX host that
+    # has no MTA-STS policy; ``context`` then checks no certificate.
+    verify_certificate: bool = True
 
 
 @dataclass(frozen=True)
@@ -133,11 +144,11 @@ async def open_session(config: SessionConfig) -> SmtpSession:
         tls_context=config.context,
     )
     try:
-        await _connect(client)
+        await _connect(client, config.connect_timeout_seconds)
         if not config.implicit_tls:
             await _ehlo(client)
             await _start_tls(client, config)
-        tls = _verified_tls(client)
+        tls = _verified_tls(client, config.verify_certificate)
         await _ehlo(client)
         await _authenticate(client, config)
     except BaseException:
@@ -157,6 +168,7 @@ class SmtpSession:
         # after a timeout or a 421, so keep it here for _abort.
         self._transport = client.transport
         self._timeout_seconds = timeout_seconds
+        self._deadline: float | None = None
         self._broken = False
 
     @property
@@ -172,8 +184,23 @@ class SmtpSession:
             return False
         return True
 
-    async def transmit(self, envelope_from: str, recipient: str, data: bytes) -> Reply:
-        """Run MAIL, RCPT and DATA for one message and return its reply."""
+    async def transmit(
+        self,
+        envelope_from: str,
+        recipient: str,
+        data: bytes,
+        *,
+        smtputf8: bool = False,
+        deadline: float | None = None,
+    ) -> Reply:
+        """Run MAIL, RCPT and DATA for one message and return its reply.
+
+        ``smtputf8`` marks an address with a non-ASCII local part: it goes
+        out only when the server offers SMTPUTF8 (RFC 6531), otherwise the
+        reply is a bounce with `NEEDS_SMTPUTF8` and no command is sent.
+        ``deadline`` (event loop time) bounds the whole transaction; each
+        command still gets at most the per-command timeout.
+        """
         if not self._client.is_connected:
             self.close()
             return Reply(DeliveryState.DEFERRED, "connection lost before MAIL", None)
@@ -183,16 +210,35 @@ class SmtpSession:
             self.close()
             raise TlsRequiredError("connection is not encrypted before MAIL FROM")
 
+        if smtputf8 and not self._client.supports_extension("smtputf8"):
+            return Reply(DeliveryState.BOUNCED, NEEDS_SMTPUTF8, None)
+        options = ["SMTPUTF8"] if smtputf8 else []
+        encoding = "utf-8" if smtputf8 else "ascii"
+        self._deadline = deadline
         try:
-            await self._step("MAIL", self._client.mail(envelope_from))
-            await self._step("RCPT", self._client.rcpt(recipient))
-            start = await self._step("DATA", self._client.execute_command(b"DATA"))
+            await self._step("MAIL", lambda timeout: self._client.mail(
+                envelope_from, options=options, encoding=encoding, timeout=timeout))
+            await self._step("RCPT", lambda timeout: self._client.rcpt(
+                recipient, encoding=encoding, timeout=timeout))
+            start = await self._step("DATA", lambda timeout: (
+                self._client.execute_command(b"DATA", timeout=timeout)))
             if start.code != _START_MAIL_INPUT:
                 raise _StepFailed(self._rejection("DATA", start.code, start.message))
         except _StepFailed as failure:
             return failure.reply
 
         return await self._send_content(data)
+
+    def _command_timeout(self, step: str) -> float:
+        """Return the timeout of the next command, raising when the message's is up."""
+        if self._deadline is None:
+            return self._timeout_seconds
+        remaining = self._deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            self.close()
+            reason = f"message timed out before {step}"
+            raise _StepFailed(Reply(DeliveryState.DEFERRED, reason, None))
+        return min(self._timeout_seconds, remaining)
 
     async def quit(self) -> None:
         """Send QUIT and close, ignoring errors because the session is over."""
@@ -207,9 +253,12 @@ class SmtpSession:
         self._broken = True
         _abort(self._client, self._transport)
 
-    async def _step(self, step: str, command: Awaitable[SMTPResponse]) -> SMTPResponse:
+    async def _step(
+        self, step: str, command: Callable[[float], Awaitable[SMTPResponse]]
+    ) -> SMTPResponse:
+        timeout = self._command_timeout(step)
         try:
-            return await command
+            return await command(timeout)
         except SMTPResponseException as exc:
             raise _StepFailed(self._rejection(step, exc.code, exc.message)) from None
         except (SMTPException, OSError) as exc:
@@ -232,7 +281,11 @@ class SmtpSession:
         # From here the server may have the whole message, so a missing reply
         # must never turn into a retry (it would be a second copy).
         try:
-            final = await protocol.read_response(timeout=self._timeout_seconds)
+            timeout = self._command_timeout("the final reply")
+        except _StepFailed:
+            return Reply(DeliveryState.SENDING, OUTCOME_UNKNOWN, None)
+        try:
+            final = await protocol.read_response(timeout=timeout)
         except (SMTPException, OSError):
             self.close()
             return Reply(DeliveryState.SENDING, OUTCOME_UNKNOWN, None)
@@ -257,9 +310,12 @@ class SmtpSession:
         return Reply(DeliveryState.DEFERRED, reason, code)
 
 
-async def _connect(client: SMTP) -> None:
+async def _connect(client: SMTP, timeout_seconds: float | None) -> None:
     try:
-        await client.connect()
+        if timeout_seconds is None:
+            await client.connect()
+        else:
+            await client.connect(timeout=timeout_seconds)
     except SMTPConnectResponseError as exc:
         reason = f"greeting rejected: {exc.code}{_enhanced_status(exc.message)}"
         raise TransportError(reason, smtp_code=exc.code) from None
@@ -287,7 +343,10 @@ async def _start_tls(client: SMTP, config: SessionConfig) -> None:
     if not client.supports_extension("starttls"):
         raise TlsRequiredError("server did not offer STARTTLS")
     try:
-        await client.starttls(server_hostname=config.host, tls_context=config.context)
+        await client.starttls(
+            server_hostname=config.tls_server_name or config.host,
+            tls_context=config.context,
+        )
     except SMTPResponseException as exc:
         reason = f"STARTTLS rejected: {exc.code}{_enhanced_status(exc.message)}"
         raise TlsRequiredError(reason, smtp_code=exc.code) from None
@@ -297,11 +356,11 @@ async def _start_tls(client: SMTP, config: SessionConfig) -> None:
         raise TlsRequiredError(describe_ssl_failure(exc)) from None
 
 
-def _verified_tls(client: SMTP) -> TlsDetails:
+def _verified_tls(client: SMTP, verified: bool) -> TlsDetails:
     ssl_object = client.get_transport_info("ssl_object")
     if ssl_object is None:
         raise TlsRequiredError("connection is not encrypted after the TLS step")
-    details = read_tls_details(ssl_object)
+    details = read_tls_details(ssl_object, verified=verified)
     if not is_accepted_version(details.version):
         reason = f"negotiated {details.version}, older than the TLS 1.2 minimum"
         raise TlsRequiredError(reason, tls=details)

@@ -1,8 +1,11 @@
 """TLS policy of the SMTP sender: the client context and what it records.
 
-The policy has no knobs: TLS 1.2 or newer, the default cipher list of
-`ssl.create_default_context`, certificate chain and host name verified
-against ``ca_file`` or the system store. Nothing here can turn that off.
+The relay policy has no knobs: TLS 1.2 or newer, forward-secret AEAD or
+SHA-2 cipher suites only (`CIPHERS`), certificate chain and host name
+verified against ``ca_file`` or the system store. The one exception is
+`build_unverified_context`, which direct-to-MX mode uses only for an MX
+host without an MTA-STS policy when ``smtp.unverified_mx`` is ``encrypt``:
+it keeps the version and cipher floor and skips the certificate check.
 """
 
 from __future__ import annotations
@@ -15,15 +18,25 @@ from pathlib import Path
 from carepost.core.errors import ConfigError
 
 __all__ = [
+    "CIPHERS",
     "MINIMUM_TLS_VERSION",
     "TlsDetails",
     "build_client_context",
+    "build_unverified_context",
     "describe_ssl_failure",
     "is_accepted_version",
     "read_tls_details",
 ]
 
 MINIMUM_TLS_VERSION = ssl.TLSVersion.TLSv1_2
+
+# TLS 1.2 suites with ephemeral (EC)DH key exchange and an AEAD or SHA-2
+# MAC: no static RSA key exchange (no forward secrecy) and no SHA-1 MAC.
+# TLS 1.3 suites are configured apart by OpenSSL and all qualify.
+CIPHERS = (
+    "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:"
+    "ECDHE+AES+SHA256:ECDHE+AES+SHA384:!aNULL:!eNULL:!SHA1:!DSS:!PSK:!SRP"
+)
 
 # Protocol names as `ssl.SSLObject.version()` returns them.
 _ACCEPTED_VERSIONS = frozenset({"TLSv1.2", "TLSv1.3"})
@@ -36,6 +49,8 @@ class TlsDetails:
     version: str | None
     cipher: str | None
     cert_sha256: str | None
+    # False only for an MX host sent to under ``smtp.unverified_mx: encrypt``.
+    verified: bool = True
 
 
 def build_client_context(ca_file: str | Path | None) -> ssl.SSLContext:
@@ -62,6 +77,21 @@ def build_client_context(ca_file: str | Path | None) -> ssl.SSLContext:
     context.minimum_version = MINIMUM_TLS_VERSION
     context.check_hostname = True
     context.verify_mode = ssl.CERT_REQUIRED
+    context.set_ciphers(CIPHERS)
+    return context
+
+
+def build_unverified_context() -> ssl.SSLContext:
+    """Create a context that encrypts with the same floor but checks no certificate.
+
+    Only for an MX host without MTA-STS under ``smtp.unverified_mx:
+    encrypt``, and for the observe-only second handshake of ``tls-check``.
+    """
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.minimum_version = MINIMUM_TLS_VERSION
+    context.set_ciphers(CIPHERS)
     return context
 
 
@@ -70,7 +100,9 @@ def is_accepted_version(version: str | None) -> bool:
     return version in _ACCEPTED_VERSIONS
 
 
-def read_tls_details(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> TlsDetails:
+def read_tls_details(
+    ssl_object: ssl.SSLObject | ssl.SSLSocket, *, verified: bool = True
+) -> TlsDetails:
     """Read the version, cipher and leaf certificate SHA-256 of a live session."""
     cipher = ssl_object.cipher()
     certificate = ssl_object.getpeercert(binary_form=True)
@@ -78,6 +110,7 @@ def read_tls_details(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> TlsDetails:
         version=ssl_object.version(),
         cipher=cipher[0] if cipher else None,
         cert_sha256=hashlib.sha256(certificate).hexdigest() if certificate else None,
+        verified=verified,
     )
 
 

@@ -108,9 +108,26 @@ Sink = Annotated[JsonlSink | SegmentSink | RudderStackSink | WebhookSink,
                  Field(discriminator="kind")]
 
 
-class SmtpSettings(_Strict):
-    """How to reach the relay. There is no plaintext mode by design."""
+class DkimSettings(_Strict):
+    """DKIM signing: a PEM private key file published as ``selector._domainkey``."""
 
+    key_file: str
+    selector: str
+    domain: str
+
+
+class SmtpSettings(_Strict):
+    """How to reach the relay or the MX hosts. There is no plaintext mode by design.
+
+    ``mode: relay`` sends everything to ``host``:``port``; ``mode: mx`` looks
+    up each recipient domain's MX hosts and ignores ``host``, ``port`` and
+    ``tls`` (MX hosts take STARTTLS on port 25). ``unverified_mx`` decides
+    what happens, in mx mode, when an MX host without an MTA-STS policy
+    presents a certificate that does not verify: ``drop`` (the default) or
+    ``encrypt`` (send over TLS 1.2+ anyway, recorded as unverified).
+    """
+
+    mode: Literal["relay", "mx"] = "relay"
     host: str = "127.0.0.1"
     port: int = 587
     tls: Literal["starttls", "implicit"] = "starttls"
@@ -119,7 +136,21 @@ class SmtpSettings(_Strict):
     password_env: str | None = None
     helo_name: str = "carepost.localhost"
     timeout_seconds: float = 30.0
+    connect_timeout_seconds: float = Field(default=10.0, gt=0)
+    message_timeout_seconds: float = Field(default=120.0, gt=0)
     max_connections: int = Field(default=4, ge=1, le=64)
+    max_connections_per_host: int = Field(default=4, ge=1, le=64)
+    # Messages per second to one recipient domain (token bucket); None: no limit.
+    rate_per_domain: float | None = Field(default=None, gt=0)
+    rate_burst: int = Field(default=10, ge=1)
+    unverified_mx: Literal["drop", "encrypt"] = "drop"
+    # 4xx retries: exponential backoff from retry_base_seconds, capped at
+    # retry_max_seconds; a run waits for retries at most retry_in_run_seconds
+    # and leaves the rest deferred for the next run of the same date.
+    retry_base_seconds: float = Field(default=30.0, gt=0)
+    retry_max_seconds: float = Field(default=3600.0, gt=0)
+    retry_in_run_seconds: float = Field(default=300.0, ge=0)
+    dkim: DkimSettings | None = None
 
     def password(self) -> SecretStr | None:
         if not self.password_env:

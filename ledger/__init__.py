@@ -16,6 +16,8 @@ from carepost.ledger.models import Delivery, OutboxEvent, Suppression
 # Imported for its tables: ``Ledger.__init__`` creates every table that
 # ``SQLModel.metadata`` knows when the ledger is first opened.
 from carepost.ledger import engagement  # noqa: E402,F401  isort: skip
+# The sender's domain TLS status, MTA-STS cache and delivery routes.
+from carepost.connectors import tls_status  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "AuditEntry",

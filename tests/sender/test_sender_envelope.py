@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from carepost.connectors.smtp import EnvelopeError, TlsSender
-from carepost.connectors.smtp_envelope import check_envelope
+from carepost.connectors.smtp_envelope import check_envelope, wire_address
 from carepost.core.errors import CarepostError
 from carepost.core.states import DeliveryState
 
@@ -122,11 +122,36 @@ def test_malformed_recipient_rejected(value: str) -> None:
     assert "example.org" not in str(raised.value)
 
 
-def test_non_ascii_recipient_rejected() -> None:
-    with pytest.raises(EnvelopeError, match="non-ASCII"):
+def test_non_ascii_local_part_accepted() -> None:
+    recipient = "zoë@example.org"
+    data = f"From: {SENDER}\r\nTo: {recipient}\r\n\r\nhi\r\n".encode()
+
+    check_envelope(envelope_from=SENDER, recipient=recipient, data=data,
+                   profile_id="p-9")
+
+    assert wire_address(recipient) == (recipient, True)
+
+
+def test_idn_domain_goes_out_as_ascii() -> None:
+    assert wire_address("sam@bücher.example") == ("sam@xn--bcher-kva.example", False)
+
+
+@pytest.mark.parametrize("character", ["\x85", "\u2028", "\u2029", "\x9b"])
+def test_unicode_line_breaks_rejected(character: str) -> None:
+    with pytest.raises(EnvelopeError, match="control character"):
         check_envelope(
             envelope_from=SENDER,
-            recipient="zoë@example.org",
+            recipient=f"zo{character}ë@example.org",
+            data=build_message(RECIPIENT),
+            profile_id="p-9",
+        )
+
+
+def test_invalid_idn_domain_rejected() -> None:
+    with pytest.raises(EnvelopeError, match="domain"):
+        check_envelope(
+            envelope_from=SENDER,
+            recipient="sam@exa\u0301\u200dmple.org",
             data=build_message(RECIPIENT),
             profile_id="p-9",
         )
