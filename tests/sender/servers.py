@@ -48,6 +48,7 @@ class Script:
     close_after_data: bool = False
     credentials: tuple[str, str] | None = None
     idle_timeout_seconds: float = 300.0
+    offer_smtputf8: bool = False
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class Certificates:
     """A trusted test CA (written to ``ca_file``) and server certificates."""
 
     ca_file: Path
+    ca: trustme.CA
     good: trustme.LeafCert
     wrong_host: trustme.LeafCert
     expired: trustme.LeafCert
@@ -79,6 +81,7 @@ class Certificates:
         trusted.cert_pem.write_to_path(str(ca_file))
         return cls(
             ca_file=ca_file,
+            ca=trusted,
             good=trusted.issue_cert("localhost", HOST),
             wrong_host=trusted.issue_cert("mail.other.example.test"),
             expired=trusted.issue_cert(
@@ -92,10 +95,20 @@ class Certificates:
 
 
 def server_context(
-    certificate: trustme.LeafCert, *, legacy_tls_only: bool = False
+    certificate: trustme.LeafCert,
+    *,
+    legacy_tls_only: bool = False,
+    static_rsa_only: bool = False,
 ) -> ssl.SSLContext:
-    """Create a server context; ``legacy_tls_only`` serves TLS 1.0 and 1.1 only."""
+    """Create a server context.
+
+    ``legacy_tls_only`` serves TLS 1.0 and 1.1 only. ``static_rsa_only``
+    serves TLS 1.2 with RSA key exchange suites only (no forward secrecy).
+    """
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    if static_rsa_only:
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+        context.set_ciphers("AES256-SHA256:AES128-GCM-SHA256:AES256-GCM-SHA384")
     if legacy_tls_only:
         # Python 3.10+ flags the TLSv1/TLSv1_1 members as deprecated, and
         # OpenSSL 3 needs security level 0 for their SHA-1 signatures.
@@ -197,6 +210,7 @@ class RecordingServer:
             auth_require_tls=self.script.offer_starttls,
             authenticator=self._authenticate,
             timeout=self.script.idle_timeout_seconds,
+            enable_SMTPUTF8=self.script.offer_smtputf8,
         )
         self._controller.start()
         self.port = self._controller.port
