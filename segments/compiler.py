@@ -16,6 +16,11 @@ Rules the generated SQL keeps:
   false, so ``not`` of it is true.
 - Profiles whose ``deceased_at`` falls on or before the run date are never
   returned, whatever the spec says.
+- Event conditions without an ordered pair become counts in one
+  ``event_facts`` aggregate (``count(*) FILTER (WHERE ...)`` per
+  condition, grouped by profile), joined once to ``profiles``. That reads
+  the events once per query instead of once per condition; ordered pairs
+  stay correlated ``EXISTS`` subqueries.
 """
 
 from __future__ import annotations
@@ -95,6 +100,9 @@ class SqlBuilder:
     declared: dict[str, TraitType] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
     alias_count: int = 0
+    # Filters over ``e`` (one events row) whose counts ``event_facts`` holds.
+    facts: list[str] = field(default_factory=list)
+    fact_types: set[str] = field(default_factory=set)
 
     def bind(self, value: Any) -> str:
         name = f"p{len(self.params)}"
@@ -104,6 +112,29 @@ class SqlBuilder:
     def alias(self, prefix: str) -> str:
         self.alias_count += 1
         return f"{prefix}{self.alias_count}"
+
+    def fact(self, event_filter: str, event_type: str) -> str:
+        """Count the events matching ``event_filter``; return the count's SQL."""
+        self.facts.append(event_filter)
+        self.fact_types.add(event_type)
+        return f"coalesce(f.fact{len(self.facts)}, 0)"
+
+    def from_profiles(self) -> str:
+        """Return the FROM clause: profiles, joined to their event facts if any."""
+        if not self.facts:
+            return "FROM profiles AS p"
+        counts = ",\n    ".join(
+            f"count(*) FILTER (WHERE {test}) AS fact{number}"
+            for number, test in enumerate(self.facts, 1)
+        )
+        types = ", ".join(self.bind(name) for name in sorted(self.fact_types))
+        return (
+            "FROM profiles AS p\nLEFT JOIN (SELECT e.profile_id,\n    "
+            + counts
+            + f"\n  FROM events AS e\n  WHERE e.type IN ({types})\n"
+            + f"    AND timezone('UTC', e.occurred_at) < {RUN_END}\n"
+            + "  GROUP BY e.profile_id) AS f ON f.profile_id = p.profile_id"
+        )
 
     def declared_type(self, trait: str) -> TraitType:
         """Return the type of a trait declared by the spec being compiled."""
@@ -123,7 +154,7 @@ def compile_segment(
         assert spec.where is not None
         filters.append(node_sql(spec.where, builder))
         sql = (
-            "SELECT p.profile_id\nFROM profiles AS p\nWHERE "
+            f"SELECT p.profile_id\n{builder.from_profiles()}\nWHERE "
             + "\n  AND ".join(filters)
             + "\nORDER BY p.profile_id"
         )
@@ -144,7 +175,7 @@ def _lifecycle_sql(
     staged = (
         "SELECT p.profile_id,\n  CASE\n"
         + "\n".join(branches)
-        + "\n  END AS stage\nFROM profiles AS p\nWHERE "
+        + f"\n  END AS stage\n{builder.from_profiles()}\nWHERE "
         + "\n  AND ".join(filters)
     )
     if stage is None:

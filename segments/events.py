@@ -33,6 +33,8 @@ _COUNT_COMPARISONS = {"equals": "=", "gte": ">=", "gt": ">", "lte": "<=", "lt": 
 
 def event_condition(node: EventNode, builder: SqlBuilder, run_end: str) -> str:
     """Compile one event condition to a boolean SQL expression over ``p``."""
+    if node.pair() is None:
+        return _facts_condition(node, builder, run_end)
     parts = []
     only_absence = node.not_within is not None and not (
         node.within or node.older_than or node.count or node.pair()
@@ -46,6 +48,45 @@ def event_condition(node: EventNode, builder: SqlBuilder, run_end: str) -> str:
         recent = _since(alias, node.not_within, builder, run_end)
         parts.append(f"NOT EXISTS (SELECT 1 {source}\n    AND {recent})")
     return "(" + "\n  AND ".join(parts) + ")"
+
+
+def _facts_condition(node: EventNode, builder: SqlBuilder, run_end: str) -> str:
+    """Compare counts from the ``event_facts`` aggregate (no ordered pair)."""
+    parts = []
+    only_absence = node.not_within is not None and not (
+        node.within or node.older_than or node.count
+    )
+    if not only_absence:
+        tests = _event_tests("e", node, builder)
+        if node.within is not None:
+            tests.append(_since("e", node.within, builder, run_end))
+        if node.older_than is not None:
+            limit = _interval(node.older_than, builder)
+            tests.append(f"{_time('e')} < {run_end} - {limit}")
+        total = builder.fact(" AND ".join(tests), node.event)
+        if node.count is None:
+            parts.append(f"{total} > 0")
+        else:
+            parts.extend(
+                f"{total} {_COUNT_COMPARISONS[key]} {builder.bind(getattr(node.count, key))}"
+                for key in sorted(node.count.model_fields_set)
+            )
+
+    if node.not_within is not None:
+        tests = _event_tests("e", node, builder)
+        tests.append(_since("e", node.not_within, builder, run_end))
+        parts.append(f"{builder.fact(' AND '.join(tests), node.event)} = 0")
+    return "(" + " AND ".join(parts) + ")"
+
+
+def _event_tests(
+    alias: str, node: EventNode | FollowNode, builder: SqlBuilder
+) -> list[str]:
+    """Type and property tests on one events row (the time bound is separate)."""
+    tests = [f"{alias}.type = {builder.bind(node.event)}"]
+    for name, value in node.where.items():
+        tests.append(_property_sql(alias, name, value, builder))
+    return tests
 
 
 def _presence_sql(node: EventNode, builder: SqlBuilder, run_end: str) -> str:
