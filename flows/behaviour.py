@@ -32,7 +32,8 @@ import dataclasses
 import hashlib
 import json
 import logging
-from collections import Counter
+from collections import Counter, defaultdict
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -113,8 +114,8 @@ class BehaviourEngine:
         """Turn unplanned inbox events into pending sends; return how many."""
         added = 0
         while events := self.inbox.unplanned():
-            for event in events:
-                added += self.inbox.plan(event.event_id, self._sends_for(event))
+            added += self.inbox.plan({event.event_id: self._sends_for(event)
+                                      for event in events})
         return added
 
     def _sends_for(self, event: InboxEvent) -> list[PendingSend]:
@@ -139,8 +140,13 @@ class BehaviourEngine:
 
     # -- one pass ------------------------------------------------------------------
 
-    async def run_pass(self, now: datetime | None = None) -> Counter[str]:
-        """Plan new events, then work every pending send that is due."""
+    async def run_pass(self, now: datetime | None = None,
+                       sender: TlsSender | None = None) -> Counter[str]:
+        """Plan new events, then work every pending send that is due.
+
+        ``sender`` lets a long-running caller keep its TLS connections
+        between passes; without one, the pass opens its own.
+        """
         now = now or datetime.now(UTC)
         counts: Counter[str] = Counter(planned=self.plan())
         due = self.inbox.due(now)
@@ -154,23 +160,51 @@ class BehaviourEngine:
             return counts + Counter(waiting=len(due))
         try:
             create_tables(warehouse)
-            smtp = self.settings.smtp
-            async with TlsSender(smtp, password=smtp.password()) as sender:
-                gate = asyncio.Semaphore(SENDS_IN_FLIGHT)
-
-                async def one(send: PendingSend) -> str:
-                    async with gate:
-                        return await self._work(send, now, warehouse, sender)
-
-                outcomes = await asyncio.gather(*(one(send) for send in due))
+            snapshot = self._snapshot(warehouse, due, now)
+            if sender is None:
+                smtp = self.settings.smtp
+                async with TlsSender(smtp, password=smtp.password()) as own:
+                    outcomes = await self._work_all(due, now, snapshot, own)
+            else:
+                outcomes = await self._work_all(due, now, snapshot, sender)
         finally:
             warehouse.close()
         counts.update(outcomes)
         await self._push_outbox()
         return counts
 
-    async def _work(self, send: PendingSend, now: datetime,
-                    warehouse: duckdb.DuckDBPyConnection, sender: TlsSender) -> str:
+    async def _work_all(self, due: list[PendingSend], now: datetime,
+                        snapshot: _Snapshot, sender: TlsSender) -> list[str]:
+        gate = asyncio.Semaphore(SENDS_IN_FLIGHT)
+
+        async def one(send: PendingSend) -> str:
+            async with gate:
+                return await self._work(send, now, snapshot, sender)
+
+        return await asyncio.gather(*(one(send) for send in due))
+
+    def _snapshot(self, warehouse: duckdb.DuckDBPyConnection,
+                  due: list[PendingSend], now: datetime) -> _Snapshot:
+        """Read the pass's recipients and cancel events in a few queries."""
+        by_date: dict[date, set[str]] = defaultdict(set)
+        for send in due:
+            by_date[_run_date(send, now)].add(send.profile_id)
+        recipients = {
+            (day, recipient.profile_id): recipient
+            for day, ids in by_date.items()
+            for recipient in load_recipients(warehouse, sorted(ids), day)
+        }
+        cancel_types = sorted({rule.event for campaign in self.campaigns.values()
+                               if campaign.trigger is not None
+                               for rule in campaign.trigger.cancel_if})
+        starts = [as_utc(send.event_at) for send in due if send.event_at is not None]
+        events = (_recent_events(warehouse, sorted({s.profile_id for s in due}),
+                                 cancel_types, min(starts))
+                  if cancel_types and starts else {})
+        return _Snapshot(warehouse, recipients, events)
+
+    async def _work(self, send: PendingSend, now: datetime, snapshot: _Snapshot,
+                    sender: TlsSender) -> str:
         campaign = self.campaigns.get(send.campaign)
         if campaign is None:
             self.inbox.finish(send.id, PendingState.CANCELLED,
@@ -179,7 +213,7 @@ class BehaviourEngine:
         if now > as_utc(send.deadline):
             return self._expire(campaign, send)
         if send.kind != PendingKind.WINDOW:
-            reason = self._cancel_reason(campaign, send, warehouse)
+            reason = self._cancel_reason(campaign, send, snapshot)
             if reason is not None:
                 self.inbox.finish(send.id, PendingState.CANCELLED, reason)
                 log.info("%s for profile %s cancelled: %s", send.run_key,
@@ -187,7 +221,7 @@ class BehaviourEngine:
                 return "cancelled"
         if send.kind == PendingKind.ESCALATION:
             return self._escalate(campaign, send)
-        return await self._deliver(campaign, send, now, warehouse, sender)
+        return await self._deliver(campaign, send, now, snapshot, sender)
 
     def _expire(self, campaign: Campaign, send: PendingSend) -> str:
         if send.kind == PendingKind.WINDOW:
@@ -205,7 +239,7 @@ class BehaviourEngine:
     # -- re-checks at send time --------------------------------------------------------
 
     def _cancel_reason(self, campaign: Campaign, send: PendingSend,
-                       warehouse: duckdb.DuckDBPyConnection) -> str | None:
+                       snapshot: _Snapshot) -> str | None:
         trigger = campaign.trigger
         if trigger is None or send.event_at is None:
             return None
@@ -215,24 +249,24 @@ class BehaviourEngine:
             found = self.inbox.has_event_after(
                 profile_id=send.profile_id, event_type=rule.event,
                 after=send.event_at, key=key)
-            if found or _warehouse_has(warehouse, send.profile_id, rule.event,
-                                       as_utc(send.event_at), key):
+            if found or snapshot.has_event_after(send.profile_id, rule.event,
+                                                 as_utc(send.event_at), key):
                 return f"{rule.event} after the trigger event"
         return None
 
     # -- delivery ------------------------------------------------------------------------
 
     async def _deliver(self, campaign: Campaign, send: PendingSend, now: datetime,
-                       warehouse: duckdb.DuckDBPyConnection, sender: TlsSender) -> str:
-        run = self._run_context(campaign, send, now, warehouse, sender)
-        recipients = load_recipients(warehouse, [send.profile_id], run.run_date)
-        if not recipients:
+                       snapshot: _Snapshot, sender: TlsSender) -> str:
+        run = self._run_context(campaign, send, now, snapshot.warehouse, sender)
+        recipient = snapshot.recipients.get((run.run_date, send.profile_id))
+        if recipient is None:
             self.inbox.reschedule(send.id, now + MISSING_PROFILE_RETRY,
                                   "profile not in the warehouse yet")
             log.warning("profile %s of %s is not in the warehouse; trying again "
                         "in %s", send.profile_id, send.run_key, MISSING_PROFILE_RETRY)
             return "waiting"
-        recipient = self._with_trigger_time(campaign, send, recipients[0])
+        recipient = self._with_trigger_time(campaign, send, recipient)
         result = await deliver_one(run, recipient)
         if result == "window_deferred":
             return result  # the hold moved this row's due time
@@ -247,8 +281,7 @@ class BehaviourEngine:
                      warehouse: duckdb.DuckDBPyConnection,
                      sender: TlsSender) -> RunContext:
         template = self._templates.get(campaign.template)
-        run_date = (date.fromisoformat(send.run_key)
-                    if send.kind == PendingKind.WINDOW else now.date())
+        run_date = _run_date(send, now)
         hold = SendHold(inbox=self.inbox, window=campaign.send_window,
                         fallback_zone=self.settings.practice.timezone,
                         deadline=as_utc(send.deadline), clock=lambda: now)
@@ -327,20 +360,48 @@ class BehaviourEngine:
             await sink.aclose()
 
 
-def _warehouse_has(warehouse: duckdb.DuckDBPyConnection, profile_id: str,
-                   event_type: str, after: datetime,
-                   key: tuple[str, str] | None) -> bool:
-    query = ("SELECT count(*) FROM events WHERE profile_id = ? AND type = ? "
-             "AND occurred_at > ?")
-    parameters: list[Any] = [profile_id, event_type, after]
-    if key is not None:
-        query += " AND json_extract_string(properties, ?) = ?"
-        parameters += [f"$.{key[0]}", key[1]]
+def _run_date(send: PendingSend, now: datetime) -> date:
+    """A held scheduled send keeps its run's date; a trigger uses today's."""
+    return date.fromisoformat(send.run_key) if send.kind == PendingKind.WINDOW \
+        else now.date()
+
+
+EventRows = dict[tuple[str, str], list[tuple[datetime, dict[str, Any]]]]
+
+
+@dataclass
+class _Snapshot:
+    """Warehouse facts one pass needs, read once instead of once per send."""
+
+    warehouse: duckdb.DuckDBPyConnection
+    recipients: dict[tuple[date, str], Recipient]
+    events: EventRows
+
+    def has_event_after(self, profile_id: str, event_type: str, after: datetime,
+                        key: tuple[str, str] | None) -> bool:
+        for occurred_at, properties in self.events.get((profile_id, event_type), []):
+            if occurred_at <= after:
+                continue
+            if key is None or str(properties.get(key[0])) == key[1]:
+                return True
+        return False
+
+
+def _recent_events(warehouse: duckdb.DuckDBPyConnection, profile_ids: list[str],
+                   event_types: list[str], since: datetime) -> EventRows:
     cursor = warehouse.cursor()
     try:
-        return cursor.execute(query, parameters).fetchone()[0] > 0
+        rows = cursor.execute(
+            "SELECT profile_id, type, occurred_at, properties FROM events "
+            "WHERE profile_id IN (SELECT unnest(?)) AND type IN (SELECT unnest(?)) "
+            "AND occurred_at > ?", [profile_ids, event_types, since]).fetchall()
     finally:
         cursor.close()
+    found: EventRows = defaultdict(list)
+    for profile_id, event_type, occurred_at, properties in rows:
+        found[(profile_id, event_type)].append(
+            (as_utc(occurred_at), json.loads(properties) if properties else {}))
+    return found
 
 
 @flow(name="behaviour", flow_run_name="behaviour-{reason}", persist_result=False)

@@ -30,14 +30,23 @@ def serve(
         "--poll-seconds", min=0.5,
         help="Longest wait, in seconds, between checks for delayed trigger sends.")
     ] = 30.0,
+    dispatch: Annotated[str, typer.Option(
+        "--dispatch", help="How a webhook starts its behaviour pass: 'direct' "
+        "(in this process) or 'flow' (one Prefect flow run per pass).")
+    ] = "direct",
 ) -> None:
     """Serve scheduled campaigns, webhooks and triggered emails until stopped."""
     from carepost.flows.runner import configure_logging, prefect_session
+    from carepost.flows.serve import DISPATCH_MODES
     from carepost.flows.serve import serve as serve_forever
 
     # A service logs its starts, stops, runs and errors by default.
     os.environ.setdefault("CAREPOST_LOG_LEVEL", "INFO")
     configure_logging(verbose=True)
+    if dispatch not in DISPATCH_MODES:
+        typer.echo(f"error: --dispatch {dispatch!r} is not one of "
+                   f"{', '.join(DISPATCH_MODES)}", err=True)
+        raise typer.Exit(2)
     try:
         settings = load_settings(config)
     except CarepostError as exc:
@@ -47,7 +56,7 @@ def serve(
     try:
         with prefect_session(settings):
             asyncio.run(serve_forever(settings, host=host, port=port,
-                                      poll_seconds=poll_seconds))
+                                      poll_seconds=poll_seconds, dispatch=dispatch))
     except CarepostError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None

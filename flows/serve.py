@@ -43,6 +43,9 @@ __all__ = ["TriggerDispatcher", "serve"]
 log = logging.getLogger(__name__)
 
 DEFAULT_POLL_SECONDS = 30.0
+# ``direct`` runs the pass in this process; ``flow`` wraps each pass in a
+# Prefect flow run (visible in the UI, slower: see docs/benchmarks.md).
+DISPATCH_MODES = ("direct", "flow")
 RUNNER_START_TIMEOUT_SECONDS = 60.0
 
 
@@ -55,9 +58,14 @@ class TriggerDispatcher:
     """
 
     def __init__(self, settings: Settings, *,
-                 poll_seconds: float = DEFAULT_POLL_SECONDS) -> None:
+                 poll_seconds: float = DEFAULT_POLL_SECONDS,
+                 dispatch: str = "direct") -> None:
+        if dispatch not in DISPATCH_MODES:
+            raise ValueError(f"unknown dispatch mode {dispatch!r}; "
+                             f"use one of {', '.join(DISPATCH_MODES)}")
         self.settings = settings
         self.poll_seconds = poll_seconds
+        self.dispatch = dispatch
         self.passes = 0
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -89,24 +97,34 @@ class TriggerDispatcher:
         asyncio.run(self._main())
 
     async def _main(self) -> None:
+        from carepost.connectors.smtp import TlsSender
         from carepost.flows.behaviour import BehaviourEngine
 
         self._loop = asyncio.get_running_loop()
         self._wake_event = asyncio.Event()
         engine = BehaviourEngine(self.settings)
+        smtp = self.settings.smtp
         self._ready.set()
         try:
-            while not self._stopping:
-                self._wake_event.clear()
-                await self._one_pass(engine)
-                await self._sleep(engine)
+            # One connection pool for every pass: a TLS handshake per
+            # webhook would cost more than the send itself.
+            async with TlsSender(smtp, password=smtp.password()) as sender:
+                while not self._stopping:
+                    self._wake_event.clear()
+                    await self._one_pass(engine, sender)
+                    await self._sleep(engine)
         finally:
             engine.close()
 
-    async def _one_pass(self, engine: Any) -> None:
+    async def _one_pass(self, engine: Any, sender: Any) -> None:
         started = time.monotonic()
         try:
-            counts = await engine.run_pass()
+            if self.dispatch == "flow":
+                from carepost.flows.behaviour import behaviour_flow
+
+                counts = await behaviour_flow(reason="dispatch")
+            else:
+                counts = await engine.run_pass(sender=sender)
         except Exception as exc:  # noqa: BLE001 - the service must keep running
             # The type only: a driver's message could quote a value.
             log.error("behaviour pass failed with %s; retrying on the next wake-up",
@@ -180,12 +198,14 @@ async def register_deployments(runner: Any, settings: Settings) -> list[str]:
 
 
 async def serve(settings: Settings, *, host: str, port: int,
-                poll_seconds: float = DEFAULT_POLL_SECONDS) -> None:
+                poll_seconds: float = DEFAULT_POLL_SECONDS,
+                dispatch: str = "direct") -> None:
     """Run schedules, webhooks and triggered sends until SIGINT or SIGTERM."""
     from prefect.runner import Runner
 
     stop = asyncio.Event()
-    dispatcher = TriggerDispatcher(settings, poll_seconds=poll_seconds)
+    dispatcher = TriggerDispatcher(settings, poll_seconds=poll_seconds,
+                                   dispatch=dispatch)
     app = create_app(settings, route_factories=route_factories(dispatcher.wake))
     server = _Server(uvicorn.Config(app, host=host, port=port, access_log=False,
                                     log_level="warning", lifespan="off"))

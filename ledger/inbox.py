@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -171,24 +171,26 @@ class Inbox:
                 select(InboxEvent).where(InboxEvent.planned_at.is_(None))
                 .order_by(InboxEvent.received_at).limit(limit)))
 
-    def plan(self, event_id: str, sends: Iterable[PendingSend]) -> int:
-        """Add an event's pending sends and mark it planned, in one transaction.
+    def plan(self, planned: dict[str, list[PendingSend]]) -> int:
+        """Add each event's pending sends and mark the events planned.
 
-        A send whose key already exists (the same trigger key from another
-        event) is skipped; returns how many were added.
+        One transaction for the whole batch. A send whose key already
+        exists (the same trigger key from another event) is skipped;
+        returns how many were added.
         """
         added = 0
         with self._session() as session:
-            for send in sends:
-                nested = session.begin_nested()
-                session.add(send)
-                try:
-                    nested.commit()
-                    added += 1
-                except IntegrityError:
-                    nested.rollback()
+            for sends in planned.values():
+                for send in sends:
+                    nested = session.begin_nested()
+                    session.add(send)
+                    try:
+                        nested.commit()
+                        added += 1
+                    except IntegrityError:
+                        nested.rollback()
             session.exec(update(InboxEvent)
-                         .where(InboxEvent.event_id == event_id)
+                         .where(InboxEvent.event_id.in_(list(planned)))
                          .values(planned_at=utc_now()))
             session.commit()
         return added

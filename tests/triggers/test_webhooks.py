@@ -116,7 +116,7 @@ def test_missing_signature_rejected(service: Service) -> None:
     assert response.status_code == 401
 
 
-@pytest.mark.parametrize("offset", [-2 * 86400, -301, 301])
+@pytest.mark.parametrize("offset", [-2 * 86400, -360, 360])
 def test_stale_or_future_timestamp_rejected(service: Service, offset: int) -> None:
     body = json.dumps(_event()).encode()
     response = _post_event(service.url, body, timestamp=int(time.time()) + offset)
