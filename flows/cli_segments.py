@@ -14,19 +14,17 @@ from __future__ import annotations
 import json
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from carepost.core.errors import CarepostError
+from carepost.core.settings import CONFIG_FILE, Settings, load_settings
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from carepost.core.errors import CarepostError
-from carepost.core.settings import CONFIG_FILE, Settings, load_settings
-
 if TYPE_CHECKING:
     import duckdb
-
     from carepost.segments.preview import SegmentPreview
 
 app = typer.Typer(
@@ -48,7 +46,7 @@ NameArgument = Annotated[
     str, typer.Argument(help="Segment name (file name in the library).")
 ]
 StageOption = Annotated[
-    Optional[str], typer.Option("--stage", help="One stage of a lifecycle segment.")
+    str | None, typer.Option("--stage", help="One stage of a lifecycle segment.")
 ]
 PHI_ACTION = "segment.preview_phi"
 
@@ -131,7 +129,7 @@ def sql(
 def preview(
     name: NameArgument,
     as_of: Annotated[
-        Optional[str],
+        str | None,
         typer.Option("--as-of", help="Run date, YYYY-MM-DD (default: today)."),
     ] = None,
     stage: StageOption = None,
@@ -205,7 +203,7 @@ def _preview(
 
 
 def _audit_log(settings: Settings) -> Any:
-    """Open the audit log, or refuse --show-phi when it is not available."""
+    """Open the audit log, or reject --show-phi when the module is missing."""
     try:
         from carepost.ledger.audit import AuditLog
     except ImportError:
@@ -238,7 +236,6 @@ class _warehouse:
 
     def __enter__(self) -> duckdb.DuckDBPyConnection:
         import duckdb
-
         from carepost.connectors.files import load_export
         from carepost.core.schema import create_tables
 

@@ -67,10 +67,9 @@ def _facts_condition(node: EventNode, builder: SqlBuilder, run_end: str) -> str:
         if node.count is None:
             parts.append(f"{total} > 0")
         else:
-            parts.extend(
-                f"{total} {_COUNT_COMPARISONS[key]} {builder.bind(getattr(node.count, key))}"
-                for key in sorted(node.count.model_fields_set)
-            )
+            for key in sorted(node.count.model_fields_set):
+                bound = builder.bind(getattr(node.count, key))
+                parts.append(f"{total} {_COUNT_COMPARISONS[key]} {bound}")
 
     if node.not_within is not None:
         tests = _event_tests("e", node, builder)

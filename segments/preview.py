@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from datetime import date
+from itertools import pairwise
 from typing import Any
 
 import duckdb
@@ -51,7 +52,7 @@ def age_band_sql() -> str:
     starts = AGE_BAND_STARTS
     branches = [
         f"WHEN {AGE_SQL} < {upper} THEN '{lower}-{upper - 1}'"
-        for lower, upper in zip(starts, starts[1:], strict=False)
+        for lower, upper in pairwise(starts)
     ]
     return (
         f"CASE WHEN p.birth_date IS NULL THEN '{UNKNOWN}' "
@@ -63,7 +64,7 @@ def age_band_sql() -> str:
 def age_band_names() -> list[str]:
     """Return the band names in order, as ``age_band_sql`` spells them."""
     starts = AGE_BAND_STARTS
-    names = [f"{low}-{high - 1}" for low, high in zip(starts, starts[1:], strict=False)]
+    names = [f"{low}-{high - 1}" for low, high in pairwise(starts)]
     return [*names, f"{starts[-1]}+", UNKNOWN]
 
 
