@@ -11,7 +11,6 @@ connections; a semaphore bounds how many run at once.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 import uuid
 from collections import Counter
@@ -22,7 +21,6 @@ import duckdb
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from carepost.connectors.files import load_export
 from carepost.connectors.smtp import TlsSender
 from carepost.core.campaign import Campaign, load_campaigns
 from carepost.core.errors import CarepostError, ConfigError
@@ -31,6 +29,7 @@ from carepost.core.settings import Settings, load_settings
 from carepost.flows.delivery import RunContext, deliver_batch
 from carepost.flows.audit_trail import record_finished, record_run_inputs, record_segment
 from carepost.flows.schedule import hold_for
+from carepost.flows.sync import sync_named_source
 from carepost.ledger import AuditLog, Inbox, Ledger
 from carepost.segments import SegmentLibrary
 from carepost.templates import TemplateLibrary
@@ -57,15 +56,17 @@ def _sanitised(where: str, exc: BaseException) -> CarepostError:
 
 
 @task(name="sync-source", persist_result=False, cache_policy=NO_CACHE)
-def sync_source(run_token: str) -> dict[str, int]:
+async def sync_source(run_token: str) -> dict[str, int]:
+    """Sync every configured source, incrementally; return rows per source."""
     run = _RUNS[run_token]
-    source = run.settings.source
-    try:
-        summary = load_export(run.warehouse, run.settings.path(source.profiles),
-                              run.settings.path(source.events))
-    except Exception as exc:
-        raise _sanitised("loading the source export", exc) from None
-    return {key: int(value) for key, value in dataclasses.asdict(summary).items()}
+    loaded: dict[str, int] = {}
+    for name in run.settings.named_sources():
+        try:
+            summary = await sync_named_source(run.settings, run.warehouse, name)
+        except Exception as exc:
+            raise _sanitised(f"syncing source {name}", exc) from None
+        loaded[name] = summary.profiles + summary.events
+    return loaded
 
 
 @task(name="select-segment", persist_result=False, cache_policy=NO_CACHE)
@@ -188,7 +189,7 @@ async def campaign_flow(campaign: str, run_date: str,
                                 datetime.fromisoformat(scheduled_for))
         _RUNS[token] = run
         try:
-            loaded = sync_source(token)
+            loaded = await sync_source(token)
             logger.info("loaded %s", loaded)
             profile_ids = select_segment(token)
             logger.info("segment %s selected %d profiles", spec.segment,

@@ -177,6 +177,8 @@ from carepost.flows import cli_segments  # noqa: E402
 app.add_typer(cli_segments.app, name="segments")
 from carepost.flows import cli_templates  # noqa: E402
 app.add_typer(cli_templates.app, name="templates")
+from carepost.flows import cli_sync  # noqa: E402
+app.command()(cli_sync.sync)
 
 
 def main() -> None:  # pragma: no cover - console entry point

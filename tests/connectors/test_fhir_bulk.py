@@ -25,14 +25,30 @@ from .fhir_data import (
 WELLNESS_TYPES = {"162673000", "410620009"}
 
 
+# Protocol tests serve the first rows of each shipped type; the two mapping
+# tests serve all of them.
+SMALL_SAMPLE_ROWS = 60
+
+
+def serve(server, data: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    for resources in data.values():
+        for body in resources:
+            server.add(body)
+    server.behaviour.files_per_type = {"Encounter": 3, "MedicationRequest": 2}
+    return data
+
+
+@pytest.fixture
+def full_sample(fhir_server):
+    return serve(fhir_server, shipped_resources())
+
+
 @pytest.fixture
 def sample(fhir_server):
     data = shipped_resources()
-    for resources in data.values():
-        for body in resources:
-            fhir_server.add(body)
-    fhir_server.behaviour.files_per_type = {"Encounter": 3, "MedicationRequest": 2}
-    return data
+    small = {kind: rows if kind == "Patient" else rows[:SMALL_SAMPLE_ROWS]
+             for kind, rows in data.items()}
+    return serve(fhir_server, small)
 
 
 def expected_classes(encounters: list[dict]) -> Counter:
@@ -56,7 +72,8 @@ def active_conditions(conditions: list[dict]) -> Counter:
     return counts
 
 
-async def test_export_loads_shipped_sample(conn, tmp_path, fhir_server, sample) -> None:
+async def test_export_loads_shipped_sample(conn, tmp_path, fhir_server, full_sample) -> None:
+    sample = full_sample
     summary = await sync_fhir(conn, "ehr", fhir_spec(fhir_server.base), tmp_path)
 
     assert summary.profiles == len(sample["Patient"])
@@ -79,7 +96,9 @@ async def test_export_loads_shipped_sample(conn, tmp_path, fhir_server, sample) 
     assert dict(classes) == dict(expected_classes(sample["Encounter"]))
 
 
-async def test_export_builds_condition_traits(conn, tmp_path, fhir_server, sample) -> None:
+async def test_export_builds_condition_traits(conn, tmp_path, fhir_server,
+                                             full_sample) -> None:
+    sample = full_sample
     await sync_fhir(conn, "ehr", fhir_spec(fhir_server.base), tmp_path)
 
     rows = conn.execute(

@@ -16,6 +16,7 @@ SEARCH_TYPES = ["Patient", "Condition", "Appointment"]
 @pytest.fixture
 def searchable(fhir_server):
     data = shipped_resources()
+    data["Condition"] = data["Condition"][:150]
     for kind in ("Patient", "Condition"):
         for body in data[kind]:
             fhir_server.add(body)
