@@ -255,7 +255,7 @@ class MtaStsFetcher:
         try:
             policy = parse_policy(await self._fetch(name))
         except (PolicyError, _FetchFailed) as exc:
-            log.warning("MTA-STS policy of %s not usable (%s); %s", name, exc,
+            log.warning("an MTA-STS policy is not usable (%s); %s", exc,
                         "keeping the cached one" if cached else "treating as no policy")
             return cached.policy if cached is not None else None
 

@@ -63,6 +63,8 @@ class MxError(CarepostError):
 
     def __init__(self, domain: str, problem: str) -> None:
         self.domain = domain
+        # ``problem`` never names the domain, so it can go into the ledger.
+        self.problem = problem
         super().__init__(f"{domain}: {problem}")
 
 

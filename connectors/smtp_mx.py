@@ -22,6 +22,7 @@ TLS 1.2+ is required on every path: no host is ever sent mail in clear.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -85,28 +86,32 @@ class MxRouter:
         self._mx_ports = dict(mx_ports or {})
         self._pools: dict[tuple[str, str, bool], SessionPool] = {}
         self._status_recorded: set[str] = set()
+        self._closed_sessions = 0
 
     @property
     def sessions_opened(self) -> int:
-        return sum(pool.sessions_opened for pool in self._pools.values())
+        open_pools = sum(pool.sessions_opened for pool in self._pools.values())
+        return self._closed_sessions + open_pools
 
     async def close(self) -> None:
         pools, self._pools = list(self._pools.values()), {}
-        for pool in pools:
-            await pool.close()
+        self._closed_sessions += sum(pool.sessions_opened for pool in pools)
+        await asyncio.gather(*(pool.close() for pool in pools))
 
     def refusal(self, domain: str) -> str | None:
         """Return why ``domain`` is known, as of today, not to take TLS mail."""
         status = self._store.fresh(domain)
         if status is None:
             return None
+        # The reason goes to the ledger and the CDP, so it never names the
+        # domain: a domain is part of the patient's address.
         checked = f"checked {status.checked_at:%Y-%m-%dT%H:%MZ}"
         if status.starttls_offered is False:
-            return f"domain {domain} MX offers no STARTTLS ({checked})"
+            return f"the recipient domain's MX offers no STARTTLS ({checked})"
         if status.tls_version and not is_accepted_version(status.tls_version):
-            return f"domain {domain} MX negotiated {status.tls_version} ({checked})"
+            return f"the recipient domain's MX negotiated {status.tls_version} ({checked})"
         if status.cert_verified is False and self._settings.unverified_mx == "drop":
-            return f"domain {domain} MX certificate did not verify ({checked})"
+            return f"the recipient domain's MX certificate did not verify ({checked})"
         return None
 
     async def send(self, envelope_from: str, recipient: str, data: bytes, *,
@@ -117,15 +122,15 @@ class MxRouter:
             route = await self._resolver.route(domain)
         except MxError as exc:
             state = DeliveryState.BOUNCED if exc.permanent else DeliveryState.DEFERRED
-            failed = PoolResult(state, f"undeliverable: {exc}" if exc.permanent
-                                else str(exc), None, None, connected=False)
+            reason = f"undeliverable: {exc.problem}" if exc.permanent else exc.problem
+            failed = PoolResult(state, reason, None, None, connected=False)
             return MxResult(failed, suppress=exc.permanent)
 
         policy = await self._mta_sts.policy_for(domain)
         mode = policy.mode.value if policy is not None else None
         hosts = self._allowed_hosts(domain, route.hosts, policy)
         if not hosts:
-            reason = f"no MX host of {domain} matches its MTA-STS policy (enforce)"
+            reason = "no MX host matches the domain's MTA-STS policy (enforce)"
             self._record(DomainStatus(domain, route.hosts[0].name, MX_PORT, None, None,
                                       None, None, mode, reason, _now()))
             dropped = PoolResult(DeliveryState.DROPPED_NO_TLS, reason, None, None,
@@ -141,7 +146,7 @@ class MxRouter:
             if attempt.result.connected:
                 return attempt
             failures.append(attempt.result)
-        return MxResult(_combined(domain, failures), mta_sts_mode=mode)
+        return MxResult(_combined(failures), mta_sts_mode=mode)
 
     def _allowed_hosts(self, domain: str, hosts: tuple[MxHost, ...],
                        policy: StsPolicy | None) -> list[MxHost]:
@@ -151,8 +156,8 @@ class MxRouter:
         if policy.mode is StsMode.TESTING:
             for host in hosts:
                 if host not in allowed:
-                    logger.warning("MTA-STS testing: MX %s of %s is not in the "
-                                   "policy; sending anyway", host.name, domain)
+                    logger.warning("MTA-STS testing: MX %s is not in the domain's "
+                                   "policy; sending anyway", host.name)
             return list(hosts)
         return allowed
 
@@ -163,9 +168,9 @@ class MxRouter:
         try:
             addresses = await self._resolver.addresses(host.name)
         except DnsLookupError as exc:
-            addresses, reason = [], str(exc)
+            addresses, reason = [], exc.problem
         else:
-            reason = f"MX {host.name} has no address"
+            reason = "an MX host has no address"
         if not addresses:
             failed = PoolResult(DeliveryState.DEFERRED, reason, None, None,
                                 connected=False)
@@ -223,7 +228,7 @@ def status_from_failure(domain: str, host: str, port: int,
                         verified, None, error.reason, _now())
 
 
-def _combined(domain: str, failures: list[PoolResult]) -> PoolResult:
+def _combined(failures: list[PoolResult]) -> PoolResult:
     """Pick the outcome when no MX host took the message.
 
     A temporary failure on any host defers (that host may come back); only
@@ -231,7 +236,7 @@ def _combined(domain: str, failures: list[PoolResult]) -> PoolResult:
     """
     temporary = [f for f in failures if f.state is not DeliveryState.DROPPED_NO_TLS]
     if temporary or not failures:
-        reason = temporary[-1].reason if temporary else f"{domain} has no MX host"
+        reason = temporary[-1].reason if temporary else "the domain has no MX host"
         return PoolResult(DeliveryState.DEFERRED, reason, None, None, connected=False)
     return failures[-1]
 

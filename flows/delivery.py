@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from collections import Counter
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
@@ -24,8 +25,10 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import duckdb
+from sqlmodel import Session
 
 from carepost.connectors.smtp import EnvelopeError, SendOutcome, TlsSender
+from carepost.connectors.smtp_retry import EXPIRED_PREFIX, RetryPolicy, expired_reason
 from carepost.core.campaign import Campaign
 from carepost.core.phi import PHI
 from carepost.core.settings import Settings
@@ -36,6 +39,7 @@ from carepost.flows.context import Recipient, load_recipients
 from carepost.ledger import (
     AuditLog,
     ClaimStatus,
+    Delivery,
     Ledger,
     Settlement,
     hash_address,
@@ -201,6 +205,12 @@ async def deliver_one(run: RunContext, recipient: Recipient) -> str:
         if held is not None:
             return held
 
+    # A domain whose MX was seen without usable TLS today is not rendered.
+    refusal = run.sender.tls_refusal(recipient.address.reveal())
+    if refusal is not None:
+        return _settle(run, recipient, claim.delivery_id,
+                       Settlement(DeliveryState.DROPPED_NO_TLS, reason=refusal))
+
     try:
         data = _render(run, recipient, claim.delivery_id, message_id)
     except (RenderFailed, HeaderInjectionError) as exc:
@@ -211,18 +221,72 @@ async def deliver_one(run: RunContext, recipient: Recipient) -> str:
     if not run.ledger.begin_send(claim.delivery_id):
         return "already_done"
     try:
-        outcome = await run.sender.send(
-            envelope_from=run.settings.sender.address,
-            recipient=recipient.address.reveal(), data=data,
-            profile_id=recipient.profile_id,
-        )
+        outcome = await _send_with_retries(run, recipient, claim.delivery_id, data)
     except EnvelopeError as exc:
         # The guard raised before any byte reached the server, so the
         # address is unusable rather than the delivery unknown.
         log.warning("profile %s not sent: %s", recipient.profile_id, exc)
         return _settle(run, recipient, claim.delivery_id,
                        Settlement(DeliveryState.SUPPRESSED, reason=str(exc)))
+    if outcome is None:
+        return "already_done"
+    if outcome.suppress and address_hash is not None:
+        # A 5xx bounce, a null MX or a missing domain: never mail it again.
+        run.ledger.suppress(address_hash, scope="all", reason=f"bounced: {outcome.reason}",
+                            profile_id=recipient.profile_id)
     return _settle_outcome(run, recipient, claim.delivery_id, outcome)
+
+
+async def _send_with_retries(run: RunContext, recipient: Recipient, delivery_id: int,
+                             data: bytes) -> SendOutcome | None:
+    """Send, retrying a 4xx deferral with backoff until the send_by deadline.
+
+    Waits at most ``smtp.retry_in_run_seconds`` in this run; a delivery
+    still deferred then stays ``deferred`` for the next run of the same
+    date. None means another execution took the row between attempts.
+    """
+    policy = RetryPolicy.from_settings(run.settings.smtp)
+    deadline = _send_by(run, delivery_id)
+    budget_ends = time.monotonic() + policy.in_run_seconds
+    attempt = 0
+    while True:
+        if datetime.now(UTC) > deadline:
+            return SendOutcome(DeliveryState.SUPPRESSED, reason=expired_reason(
+                deadline, _last_reason(run, delivery_id)))
+        attempt += 1
+        outcome = await run.sender.send(
+            envelope_from=run.settings.sender.address,
+            recipient=recipient.address.reveal(), data=data,
+            profile_id=recipient.profile_id)
+        delay = policy.delay(attempt)
+        if not policy.retries(outcome.state) or time.monotonic() + delay > budget_ends:
+            return outcome
+        if datetime.now(UTC) + timedelta(seconds=delay) > deadline:
+            return SendOutcome(DeliveryState.SUPPRESSED,
+                               reason=expired_reason(deadline, outcome.reason))
+        run.ledger.settle(delivery_id, Settlement(
+            DeliveryState.DEFERRED, reason=outcome.reason, smtp_code=outcome.smtp_code))
+        log.info("delivery %s to profile %s deferred (%s); attempt %d in %.1f s",
+                 delivery_id, recipient.profile_id, outcome.smtp_code, attempt + 1,
+                 delay)
+        await asyncio.sleep(delay)
+        if not run.ledger.begin_send(delivery_id):
+            return None
+
+
+def _last_reason(run: RunContext, delivery_id: int) -> str | None:
+    with Session(run.ledger.engine) as session:
+        return session.get(Delivery, delivery_id).reason
+
+
+def _send_by(run: RunContext, delivery_id: int) -> datetime:
+    """Return the delivery's deadline: the hold's, else first claim + send_by."""
+    if run.hold is not None:
+        return run.hold.deadline
+    with Session(run.ledger.engine) as session:
+        created = session.get(Delivery, delivery_id).created_at
+    created = created if created.tzinfo else created.replace(tzinfo=UTC)
+    return created + run.campaign.send_deadline
 
 
 def _settle_outcome(run: RunContext, recipient: Recipient, delivery_id: int,
@@ -232,15 +296,22 @@ def _settle_outcome(run: RunContext, recipient: Recipient, delivery_id: int,
         log.warning("delivery %s to profile %s has an unknown outcome: %s",
                     delivery_id, recipient.profile_id, outcome.reason)
         return "ambiguous"
-    return _settle(run, recipient, delivery_id, Settlement(
+    if outcome.mx_host is not None and outcome.state is DeliveryState.SENT:
+        run.sender.status_store.record_route(
+            delivery_id, outcome.mx_host, cert_verified=bool(outcome.cert_verified),
+            mta_sts_mode=outcome.mta_sts_mode)
+    state = _settle(run, recipient, delivery_id, Settlement(
         state=outcome.state, reason=outcome.reason, smtp_code=outcome.smtp_code,
         tls_version=outcome.tls_version, tls_cipher=outcome.tls_cipher,
         cert_sha256=outcome.cert_sha256,
     ))
+    expired = (outcome.reason or "").startswith(EXPIRED_PREFIX)
+    return "expired" if expired else state
 
 
 async def deliver_batch(run: RunContext, profile_ids: list[str]) -> Counter[str]:
     """Deliver to every profile of one batch; return this batch's counts."""
+    run.sender.use_ledger(run.ledger.engine)
     recipients = load_recipients(run.warehouse, profile_ids, run.run_date)
     missing = len(profile_ids) - len(recipients)
     if missing:

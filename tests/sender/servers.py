@@ -43,6 +43,8 @@ class Script:
     ehlo_delay_seconds: float = 0.0
     accept_messages: int | None = None
     rcpt_replies: dict[str, str] = field(default_factory=dict)
+    # How many times each rcpt_replies entry applies; None: every time.
+    rcpt_reply_limit: int | None = None
     data_reply: str | None = None
     data_delay_seconds: float = 0.0
     close_after_data: bool = False
@@ -169,6 +171,7 @@ class RecordingServer:
         self._context = context
         self._implicit_tls = implicit_tls
         self._sessions = 0
+        self._replies_used: dict[str, int] = {}
         self._data_in_progress = 0
         self._lock = threading.Lock()
         self._controller: LoopbackController | None = None
@@ -233,6 +236,15 @@ class RecordingServer:
         self.stop()
 
     # --- hooks called from the server thread ---
+
+    def _use_reply(self, address: str) -> bool:
+        with self._lock:
+            used = self._replies_used.get(address, 0)
+            limit = self.script.rcpt_reply_limit
+            if limit is not None and used >= limit:
+                return False
+            self._replies_used[address] = used + 1
+            return True
 
     def _new_session(self) -> int:
         with self._lock:
@@ -368,7 +380,7 @@ class _ScriptedSMTP(SMTP):
 
     async def smtp_RCPT(self, arg: str | None) -> None:
         for address, reply in self._script.rcpt_replies.items():
-            if arg and f"<{address}>" in arg:
+            if arg and f"<{address}>" in arg and self._recorder._use_reply(address):
                 if reply.startswith("421"):
                     await self._close_with(reply)
                 else:
