@@ -23,6 +23,8 @@ from carepost.core.settings import Settings
 # The shipped data runs to mid-February 2024 (appointment outcomes are
 # simulated up to that reference date), so the demo runs as of it.
 DEMO_RUN_DATE = "2024-02-15"
+# The demo's CDP is a file, whatever sink carepost.yaml names.
+DEMO_SINK_FILE = "cdp-events.jsonl"
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,7 @@ def prepare_demo(settings: Settings, config_path: Path) -> DemoPaths:
     state.mkdir(parents=True)
     return DemoPaths(state=state, config=state / "carepost.yaml",
                      mailbox=state / "mailbox",
-                     events=state / settings.sink.path,
+                     events=state / DEMO_SINK_FILE,
                      ledger=state / "ledger.db")
 
 
@@ -52,6 +54,7 @@ def write_demo_config(config_path: Path, paths: DemoPaths,
     raw: dict[str, Any] = yaml.safe_load(config_path.read_text(encoding="utf-8"))
     raw["root"] = str(config_path.resolve().parent)
     raw["state_dir"] = str(paths.state)
+    raw["sink"] = {"kind": "jsonl", "path": DEMO_SINK_FILE}
     raw["smtp"] = {**raw.get("smtp", {}), "host": server.host, "port": server.port,
                    "tls": "starttls", "ca_file": str(server.ca_file),
                    "username": None, "password_env": None}
