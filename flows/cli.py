@@ -179,6 +179,10 @@ from carepost.flows import cli_templates  # noqa: E402
 app.add_typer(cli_templates.app, name="templates")
 from carepost.flows import cli_sync  # noqa: E402
 app.command()(cli_sync.sync)
+from carepost.flows import cli_delivery  # noqa: E402
+app.command("tls-check")(cli_delivery.tls_check)
+app.command("send-test")(cli_delivery.send_test)
+app.add_typer(cli_delivery.app, name="deliveries")
 
 
 def main() -> None:  # pragma: no cover - console entry point
