@@ -18,7 +18,7 @@ of templates/samples.yaml in turn, in this one process:
   what the campaign flow sends.
 
 Each figure is the best of ``--rounds`` rounds, in complete messages per
-second of this process's CPU time (one core); ratios compare against the
+second of this process's CPU time (one core). Ratios compare against the
 jinja floor and the EmailMessage path.
 """
 

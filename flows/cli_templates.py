@@ -4,8 +4,8 @@
 sample profile in ``templates/samples.yaml``. ``lint`` looks for health
 information in subjects, preheaders, sender names and URLs. ``preview``
 writes one rendered message (HTML, text and a desktop/mobile page) for a
-sample profile; a real patient's profile (``--profile-id``) needs
-``--show-phi`` and is recorded in the audit log before anything renders.
+sample profile. A real patient's profile (``--profile-id``) needs
+``--show-phi``, and the audit log records it before anything renders.
 """
 
 from __future__ import annotations

@@ -249,7 +249,7 @@ class PracticeView:
     """The practice details every template may print, as attributes.
 
     Plain attributes keep ``practice.name`` on the sandbox's fast path
-    (see ``Sandbox``); a mapping would make Jinja try the attribute, catch
+    (see ``Sandbox``). With a mapping, Jinja would try the attribute, catch
     the error and then look the key up, on every access.
     """
 
@@ -264,9 +264,10 @@ class Sandbox(ImmutableSandboxedEnvironment):
 
     Every ``practice.name`` or ``blocks.footer`` goes through
     ``is_safe_attribute``, whose generic checks (internal attributes,
-    known mutable types) were a quarter of a render. Public attributes of
-    the practice view and of imported template modules give the same
-    answer without them; everything else takes the generic path.
+    known mutable types) took a quarter of a render in a profile. For
+    public attributes of the practice view and of imported template
+    modules those checks always return True, so they are skipped there.
+    Everything else takes the generic path.
     """
 
     fast_types: tuple[type, ...] = (TemplateModule, PracticeView)

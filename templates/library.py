@@ -45,8 +45,8 @@ class TemplateLibrary:
     """All templates of one library folder, validated at construction.
 
     With ``strict=False`` a template that fails its checks is left out and
-    its error kept in ``problems`` (``carepost templates check`` reports
-    them all); otherwise the first error is raised. ``inline_css=False``
+    its error kept in ``problems``, so ``carepost templates check`` can
+    report them all. Otherwise the first error is raised. ``inline_css=False``
     keeps the stylesheet out of the sources; the tests use it to compare
     with inlining each rendered message.
     """
@@ -109,7 +109,12 @@ class TemplateLibrary:
         specs = {spec.language: spec}
         for language, path in sorted(paths.items()):
             if language in specs:
-                raise TemplateSpecError(path, None, f"second '{language}' version")
+                raise TemplateSpecError(
+                    path,
+                    None,
+                    f"the base file already declares language '{language}'",
+                    hint=f"remove this file or change 'language' in {base_path.name}",
+                )
             specs[language] = parse_version_spec(spec, language, path, _front(path))
         _check_languages(spec, specs)
 

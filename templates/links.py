@@ -5,8 +5,8 @@ HTML part gets an open pixel ``{base_url}/o/{token}``. Two kinds of link
 keep their address: the unsubscribe link (it already points at the
 tracking service, and RFC 8058 one-click needs it verbatim) and links the
 template marks with the ``data-untracked`` attribute, which is removed from
-the output. The renderer never sees the tracking secret: ``Tracking``
-gets a ``sign(tag, url)`` callable that returns a token.
+the output. The renderer never holds the tracking secret, because
+``Tracking`` gets a ``sign(tag, url)`` callable that returns a token.
 
 Links are numbered per distinct URL in the order they first appear, HTML
 part first, so the same URL in the HTML and the text part has one number
@@ -42,7 +42,7 @@ _BODY_END = re.compile(r"</body\s*>", re.IGNORECASE)
 
 @dataclass(frozen=True)
 class Tracking:
-    """Makes the tracked URLs of one delivery from a token-signing callable."""
+    """The click and open URLs of one delivery, built by a token-signing callable."""
 
     base_url: str
     sign: Callable[[str, str | None], str] = field(repr=False)
@@ -55,7 +55,7 @@ class Tracking:
 
 
 class LinkRewriter:
-    """Rewrite the links of one message; one instance per message."""
+    """Link rewriter for one message (create one per message)."""
 
     def __init__(self, tracking: Tracking | None, unsubscribe_url: str) -> None:
         self._tracking = tracking

@@ -1,9 +1,9 @@
 """Derive a readable plain-text part from a rendered HTML part.
 
 Used when a template has no ``NAME.txt.j2``. Paragraphs, headings, list
-items and table rows become lines; a link whose text is not its own URL
-becomes ``text [n]`` with the URL listed as footnote ``[n]`` at the end,
-so every link stays usable in a text-only mail client. The head, styles,
+items and table rows become lines. A link whose text is not its own URL
+becomes ``text [n]``, and the URL is listed as footnote ``[n]`` at the
+end, so every link stays usable in a text-only mail client. The head, styles,
 scripts and elements hidden with ``display: none`` (the preheader) are
 left out.
 """

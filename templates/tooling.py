@@ -1,11 +1,11 @@
-"""What ``carepost templates check``, ``lint`` and ``preview`` do.
+"""The work behind ``carepost templates check``, ``lint`` and ``preview``.
 
 ``check_library`` loads every template (collecting every load error, not
 only the first) and renders each against every synthetic sample profile
 that has the template's required fields. ``lint_library`` adds the
 disclosure rules: no condition name in a subject, preheader, sender name
-or URL, and no profile value in a URL (URLs end up in browser histories,
-proxy logs and the tracking token, which is signed but not encrypted).
+or URL, and no profile value in a URL. URLs end up in browser histories,
+proxy logs and the tracking token, which is signed but not encrypted.
 ``write_preview`` writes one rendered message as files a marketer opens.
 
 Problems are reported as ``file:line: problem`` and never quote a profile

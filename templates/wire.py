@@ -1,7 +1,8 @@
 """Build the RFC 5322 bytes of one message directly, without ``EmailMessage``.
 
 ``EmailMessage`` parses, folds and re-serialises every header and part on
-each message, which costs about thirty times a Jinja render. This builder
+each message: in ``bench/render.py`` that took about 1.7 ms of CPU per
+message, against about 0.07 ms for the Jinja render itself. This builder
 joins precomputed header lines and part headers with the two bodies,
 quoted-printable encoded by ``binascii.b2a_qp`` (C code). The output is
 what ``build_message_email`` in ``mime.py`` would send: the tests parse
