@@ -4,8 +4,8 @@ Each output file of an export, or each page of a search, is one batch and
 one transaction. The watermark (the export's ``transactionTime``, or the
 time a search run started) is stored in a last transaction after every
 batch committed, so a sync that fails halfway keeps its batches and the
-next run asks again from the old watermark; upserts make that repeat
-harmless.
+next run requests again from the old watermark. Upserts make that
+repeat harmless.
 
 Active conditions and observation traits are kept per resource in the
 tables ``fhir_conditions`` and ``fhir_observations``, and the profile

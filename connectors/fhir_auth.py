@@ -1,8 +1,8 @@
 """SMART Backend Services authorization: a signed JWT for an access token.
 
 The client signs a short-lived JWT assertion (RFC 7523) with its private
-key and posts it to the token endpoint with ``grant_type=client_credentials``;
-the server answers with a bearer token and its lifetime. The token is
+key and posts it to the token endpoint with ``grant_type=client_credentials``,
+and the server returns a bearer token and its lifetime. The token is
 cached until shortly before it expires. Claims follow the SMART App Launch
 specification, "Backend Services" (``iss`` and ``sub`` are the client id,
 ``aud`` is the token URL, ``exp`` at most five minutes ahead, a unique
@@ -35,7 +35,7 @@ EXPIRY_MARGIN_SECONDS = 60
 
 
 class FhirAuthError(CarepostError):
-    """The token endpoint rejected the client or answered something unusable."""
+    """The token endpoint rejected the client or returned an invalid response."""
 
 
 class SmartTokenProvider:
@@ -67,7 +67,7 @@ class SmartTokenProvider:
         )
 
     def invalidate(self) -> None:
-        """Forget the cached token, after the server answered 401 to it."""
+        """Forget the cached token, after the server returned 401 for it."""
         self._token = None
 
     async def token(self, client: httpx.AsyncClient) -> SecretStr:
@@ -86,7 +86,7 @@ class SmartTokenProvider:
         )
         if response.status_code != 200:
             raise FhirAuthError(
-                f"token endpoint answered {response.status_code} "
+                f"token endpoint returned {response.status_code} "
                 f"({_oauth_error(response)})",
                 hint="check auth.client_id, auth.key_id and the registered public key",
             )

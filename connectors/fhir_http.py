@@ -2,14 +2,14 @@
 
 Bulk Data (HL7 FHIR Bulk Data Access IG 2.0.0): a kick-off ``GET`` with
 ``Prefer: respond-async`` returns 202 and a ``Content-Location`` status
-URL; polling it returns 202 (with ``Retry-After`` and optionally
+URL. Polling it returns 202 (with ``Retry-After`` and optionally
 ``X-Progress``) until the export is done, then 200 and the manifest. Each
 output file is NDJSON, fetched with the bearer token when the manifest
-says ``requiresAccessToken``.
+sets ``requiresAccessToken``.
 
 Search (FHIR R4 http.html#search): each Bundle's ``link`` with relation
 ``next`` is followed verbatim until there is none. A server that has
-dropped its paging context answers 404 or 410 to its own ``next`` link;
+dropped its paging context returns 404 or 410 to its own ``next`` link;
 the search then restarts from the first page.
 
 Every request is retried on 429, 500, 502, 503, 504 and on a timeout or
@@ -51,7 +51,7 @@ FHIR_JSON = "application/fhir+json"
 FHIR_NDJSON = "application/fhir+ndjson"
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 BACKOFF_MAX_SECONDS = 30.0
-# Poll interval when a 202 status answer has no Retry-After.
+# Poll interval when a 202 status response has no Retry-After.
 DEFAULT_POLL_SECONDS = 2.0
 EXPIRED_PAGING_STATUSES = frozenset({404, 410})
 MAX_SEARCH_RESTARTS = 2
@@ -60,7 +60,7 @@ MAX_SEARCH_RESTARTS = 2
 class FhirError(CarepostError):
     """A FHIR request or export failed; the message carries codes, never data.
 
-    ``status`` is the HTTP status of the failed answer, when there was one.
+    ``status`` is the HTTP status of the failed response, when there was one.
     """
 
     def __init__(self, message: str, *, hint: str | None = None,
@@ -70,7 +70,7 @@ class FhirError(CarepostError):
 
 
 def retry_after_seconds(response: httpx.Response) -> float | None:
-    """Return the wait a ``Retry-After`` header asks for (seconds or HTTP date)."""
+    """Return the wait in seconds that a ``Retry-After`` header requests (seconds or HTTP date)."""
     value = response.headers.get("Retry-After")
     if not value:
         return None
@@ -161,7 +161,7 @@ class FhirClient:
                 continue
             if response.status_code not in RETRY_STATUSES:
                 raise FhirError(
-                    f"{method} {target.path} answered {response.status_code} "
+                    f"{method} {target.path} returned {response.status_code} "
                     f"({issue_codes(response)})",
                     hint="check the FHIR base URL, the resource types and the client's scopes",
                     status=response.status_code,
@@ -197,7 +197,8 @@ class FhirClient:
         )
         location = response.headers.get("Content-Location")
         if not location:
-            raise FhirError("export kick-off answered 202 without Content-Location")
+            raise FhirError("export kick-off returned 202 without Content-Location",
+                            hint="the server does not follow the Bulk Data specification")
         return location
 
     async def wait_for_manifest(self, status_url: str) -> dict[str, Any]:

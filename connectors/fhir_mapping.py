@@ -150,7 +150,7 @@ def _deceased_at(resource: Resource, fallback_time: str) -> str | None:
         return resource["deceasedDateTime"]
     if resource.get("deceasedBoolean") is True:
         # No time of death is given; the send-time check needs a time, so the
-        # record's last update (else the sync time) stands in for it.
+        # record's last update (else the sync time) is used instead.
         return (resource.get("meta") or {}).get("lastUpdated") or fallback_time
     return None
 
@@ -329,7 +329,7 @@ _MAPPERS = {
 def map_resource(resource: Resource, row: int, batch: MappedBatch, fallback_time: str) -> None:
     """Append the records of one resource to ``batch``.
 
-    ``fallback_time`` stands in for a time of death the resource lacks.
+    ``fallback_time`` replaces a time of death that the resource lacks.
     """
     kind = resource.get("resourceType")
     if kind == "Patient":

@@ -9,7 +9,7 @@ and ``.../events`` (Segment docs, "Profile API", 2025):
 - HTTP Basic auth with the access token as username and an empty password.
 - The id type is sent in lower case (other casing finds nothing), and the
   id is percent-encoded, ``+`` as ``%2B``, because unencoded
-  non-alphanumerics can make the API answer 500.
+  non-alphanumerics can make the API return 500.
 - List calls page with ``limit`` and ``next``; the answer's
   ``cursor.has_more`` says whether to ask again with ``cursor.next``.
 - Events cover only the last 14 days, so the window starts at the later
@@ -104,9 +104,9 @@ async def sync_segment(
     create_tables(conn)
     conn.execute(MISSING_DDL)
     token = read_secret(spec.token_env, f"Segment source {name}")
-    stored = get_watermark(conn, name)
-    window_start = _window_start(since, stored, started_at)
+    window_start = _window_start(since, get_watermark(conn, name), started_at)
     ids = [row[0] for row in conn.execute("SELECT profile_id FROM profiles ORDER BY 1").fetchall()]
+
     summary = SyncSummary(source=name, kind="segment")
     label = f"segment:{name}"
     client = httpx.AsyncClient(
@@ -125,6 +125,7 @@ async def sync_segment(
             summary.batches += 1
             if progress:
                 progress(f"profiles {offset + 1}-{offset + len(batch_ids)}", len(batch_ids))
+
     summary.watermark = started_at.strftime("%Y-%m-%dT%H:%M:%SZ")
     with transaction(conn):
         set_watermark(conn, name, "segment", summary.watermark)
@@ -192,7 +193,7 @@ class _ProfileReader:
                 return None
             if response.status_code not in RETRY_STATUSES:
                 raise SegmentError(
-                    f"Profile API answered {response.status_code} ({_error_code(response)}) "
+                    f"Profile API returned {response.status_code} ({_error_code(response)}) "
                     f"with Request-Id {response.headers.get('Request-Id', 'none')}",
                     hint="check space_id and the access token in " + self._spec.token_env,
                 )

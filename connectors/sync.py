@@ -2,11 +2,11 @@
 
 A source stages its rows (see ``sync_checks``) and calls
 ``apply_staged_profiles`` or ``apply_staged_events`` inside
-``transaction(conn)``. A source commits one transaction per file or page
-batch and advances its watermark with ``set_watermark`` only in the last
-transaction, so a sync that fails halfway keeps what it committed and the
-next run starts again from the old watermark. Upserts are idempotent, so
-reloading a batch that was already committed changes nothing.
+``transaction(conn)``, one transaction per file or page batch. It stores
+its watermark with ``set_watermark`` only in its last transaction. So a
+sync that fails halfway keeps what it committed, and the next run starts
+again from the old watermark. Upserts are idempotent, so reloading a
+batch that was already committed changes nothing.
 
 Identity rules:
 
@@ -286,9 +286,9 @@ def apply_staged_events(
     """Quarantine bad staged events and store the rest.
 
     Returns (events stored, duplicates dropped, rows quarantined). Without
-    ``replace`` an event id already stored, or repeated later in the batch,
-    is dropped; with it (a source whose records change, such as FHIR) the
-    last staged row of an id replaces the stored event.
+    ``replace``, an event id already stored or repeated later in the batch
+    is dropped. With it, the last staged row of an id replaces the stored
+    event, because the records of such a source (FHIR) change.
     """
     quarantined = quarantine_staged(conn, source_file, reasons_sql(event_checks()))
     valid = conn.execute(f"SELECT count(*) FROM {STAGE}").fetchone()[0]
@@ -352,9 +352,9 @@ def delete_events(conn: duckdb.DuckDBPyConnection, ids: Iterable[str]) -> int:
 def shared_addresses(conn: duckdb.DuckDBPyConnection) -> tuple[int, list[list[str]]]:
     """Return how many addresses several profiles share, and some id groups.
 
-    The groups list profile ids only (never the address) and are capped at
-    ``SHARED_ADDRESS_GROUPS_LISTED``; such profiles are not merged, because
-    family members often share one mailbox.
+    The groups list profile ids only (never the address), at most
+    ``SHARED_ADDRESS_GROUPS_LISTED`` of them. Such profiles are not merged,
+    because family members often share one mailbox.
     """
     rows = conn.execute(
         "SELECT list(profile_id ORDER BY profile_id) AS ids FROM profiles "

@@ -2,7 +2,7 @@
 
 Each source has a ``kind`` (``files``, ``fhir`` or ``segment``). Credentials
 are never written in the file or in a URL: a source names the environment
-variable that holds each secret, and the secret is read into a
+variable that contains each secret, and the secret is read into a
 ``SecretStr`` only when the source syncs. HTTP sources require ``https``,
 except on a loopback address (the local test servers).
 """
@@ -116,7 +116,7 @@ class FhirSource(_Strict):
     page_size: int = Field(default=100, ge=1, le=1000)
     auth: SmartAuth | None = None
     timeout_seconds: float = 60.0
-    # Longest wait for an export to finish, polls included.
+    # Maximum wait for an export to finish, polls included.
     max_wait_seconds: float = Field(default=3600.0, gt=0)
     # Tries per request on 429, 5xx and timeouts; the backoff doubles from
     # backoff_seconds when the server sends no Retry-After.

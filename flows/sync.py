@@ -3,8 +3,8 @@
 ``sync_named_source`` dispatches on the source's kind and is shared by the
 flow, the campaign flow (which syncs every source before selecting) and
 the command line. Parameters and results carry source names, dates,
-counts and profile ids only; an exception that is not a ``CarepostError``
-(whose messages carry no values) is replaced by one naming its type.
+counts and profile ids only. An exception that is not a ``CarepostError``
+(whose messages carry no values) is replaced by one that names its type.
 """
 
 from __future__ import annotations

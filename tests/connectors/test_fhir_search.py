@@ -78,7 +78,7 @@ async def test_wrong_key_is_rejected(conn, tmp_path, fhir_server, monkeypatch) -
                               serialization.NoEncryption()).decode()
     monkeypatch.setenv("CAREPOST_TEST_FHIR_KEY", pem)
 
-    with pytest.raises(FhirAuthError, match="token endpoint answered 401 \\(invalid_client\\)"):
+    with pytest.raises(FhirAuthError, match="token endpoint returned 401 \\(invalid_client\\)"):
         await sync_fhir(conn, "ehr", search_spec(fhir_server.base), tmp_path)
     assert get_watermark(conn, "ehr") is None
 
