@@ -69,7 +69,10 @@ def main() -> int:
     loaded = _child(args, "duckdb-loaded")
     pandas = _child(args, "pandas")
     report = {
-        "machine": f"{platform.node()}, {_cores()} cores, Python {platform.python_version()}",
+        "machine": (
+            f"{platform.node()}, {_cores()} cores, "
+            f"Python {platform.python_version()}"
+        ),
         "profiles": args.profiles,
         "events": generated["events"],
         "generate": generated,
@@ -181,8 +184,12 @@ def generate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _profiles_sql(count: int) -> str:
+    bounds = [
+        sum(weight for _code, _display, weight in CONDITION_CODES[: index + 1])
+        for index in range(len(CONDITION_CODES))
+    ]
     cases = " ".join(
-        f"WHEN hash(i, 10 + n) % 1000 < {sum(w for _c, _d, w in CONDITION_CODES[: i + 1])} "
+        f"WHEN hash(i, 10 + n) % 1000 < {bounds[i]} "
         f"THEN {{'system': '{SNOMED}', 'code': '{code}', 'display': '{display}'}}"
         for i, (code, display, _w) in enumerate(CONDITION_CODES)
     )
@@ -200,7 +207,8 @@ SELECT
     'America/Chicago' AS timezone,
     'en' AS language,
     CASE WHEN hash(i, 5) % 100 = 0
-         THEN TIMESTAMPTZ '2020-01-01 00:00:00+00' + to_days(CAST(hash(i, 6) % 1800 AS INTEGER))
+         THEN TIMESTAMPTZ '2020-01-01 00:00:00+00'
+              + to_days(CAST(hash(i, 6) % 1800 AS INTEGER))
     END AS deceased_at,
     hash(i, 7) % 10 < 7 AS consent_marketing,
     hash(i, 8) % 10 < 9 AS consent_contact,
@@ -216,7 +224,8 @@ def _events_sql(profiles: int, episodes: int, as_of: str) -> str:
     return f"""
 WITH episode AS (
     SELECT range AS j,
-        'p' || lpad(CAST(hash(range, 20) % {profiles} AS VARCHAR), 9, '0') AS profile_id,
+        'p' || lpad(CAST(hash(range, 20) % {profiles} AS VARCHAR), 9, '0')
+            AS profile_id,
         hash(range, 21) % 100 AS kind,
         TIMESTAMPTZ '{as_of} 00:00:00+00' + INTERVAL 1 DAY
             - to_seconds(CAST(hash(range, 22) % (3 * 365 * 86400) AS BIGINT)) AS moment,
@@ -225,7 +234,8 @@ WITH episode AS (
     FROM range({episodes})
 ),
 rows AS (
-    SELECT 'enc' || j AS event_id, profile_id, 'encounter' AS type, moment AS occurred_at,
+    SELECT 'enc' || j AS event_id, profile_id, 'encounter' AS type,
+        moment AS occurred_at,
         to_json({{'class': CASE WHEN outcome < 30 THEN 'wellness' ELSE 'ambulatory' END,
                   'code': '185349003', 'display': 'Encounter'}}) AS properties
     FROM episode WHERE kind < 50
@@ -246,7 +256,8 @@ rows AS (
     FROM episode WHERE kind >= 80
     UNION ALL
     SELECT 'rf' || j, profile_id, 'prescription_filled',
-        moment + to_days(CAST(1 + fill % 10 AS INTEGER)), to_json({{'rx_id': 'rx' || j}})
+        moment + to_days(CAST(1 + fill % 10 AS INTEGER)),
+        to_json({{'rx_id': 'rx' || j}})
     FROM episode WHERE kind >= 80 AND fill < 75
 )
 SELECT event_id, profile_id, type, occurred_at, CAST(properties AS JSON) AS properties
@@ -276,7 +287,10 @@ def _time_segments(conn: Any, args: argparse.Namespace) -> dict[str, Any]:
     results = {}
     for name, stage in _segments():
         seconds, ids = _best(
-            args.rounds, lambda: library.select(conn, name, as_of=as_of, stage=stage)
+            args.rounds,
+            lambda name=name, stage=stage: library.select(
+                conn, name, as_of=as_of, stage=stage
+            ),
         )
         key = name if stage is None else f"{name}/{stage}"
         results[key] = {"seconds": seconds, "selected": len(ids)}
