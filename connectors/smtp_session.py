@@ -54,6 +54,8 @@ __all__ = [
 ]
 
 OUTCOME_UNKNOWN = "outcome unknown: no reply after DATA"
+# A reused connection idle for less than this skips RSET (see reset()).
+RSET_SKIP_IDLE_SECONDS = 2.0
 NEEDS_SMTPUTF8 = (
     "undeliverable: the address needs SMTPUTF8 and the server does not offer it"
 )
@@ -170,13 +172,25 @@ class SmtpSession:
         self._timeout_seconds = timeout_seconds
         self._deadline: float | None = None
         self._broken = False
+        self._transaction_closed = False
+        self._finished_at = 0.0
 
     @property
     def is_usable(self) -> bool:
         return not self._broken and self._client.is_connected
 
     async def reset(self) -> bool:
-        """Send RSET before reusing the connection and return whether it worked."""
+        """Make the connection ready for a new transaction; return whether it is.
+
+        After a final reply to DATA the server has already reset its state
+        (RFC 5321 section 4.1.1.4), so a connection used less than
+        `RSET_SKIP_IDLE_SECONDS` ago skips RSET and its round trip. An
+        aborted transaction, or a longer idle time, gets RSET, which also
+        shows that the server has not closed the connection meanwhile.
+        """
+        idle = asyncio.get_running_loop().time() - self._finished_at
+        if self._transaction_closed and idle < RSET_SKIP_IDLE_SECONDS:
+            return True
         try:
             await self._client.rset()
         except (SMTPException, OSError):
@@ -215,6 +229,7 @@ class SmtpSession:
         options = ["SMTPUTF8"] if smtputf8 else []
         encoding = "utf-8" if smtputf8 else "ascii"
         self._deadline = deadline
+        self._transaction_closed = False
         try:
             await self._step("MAIL", lambda timeout: self._client.mail(
                 envelope_from, options=options, encoding=encoding, timeout=timeout))
@@ -290,6 +305,8 @@ class SmtpSession:
             self.close()
             return Reply(DeliveryState.SENDING, OUTCOME_UNKNOWN, None)
 
+        self._transaction_closed = True
+        self._finished_at = asyncio.get_running_loop().time()
         if final.code == _COMPLETED:
             self.messages_sent += 1
             return Reply(DeliveryState.SENT, None, final.code)

@@ -35,7 +35,8 @@ async def test_twenty_messages_share_one_connection(
     assert server.sessions == 1
     assert server.tls_sessions == 1
     assert server.count("STARTTLS") == 1
-    assert server.count("RSET") == 19
+    # Back-to-back completed transactions need no RSET (RFC 5321 4.1.1.4).
+    assert server.count("RSET") == 0
     assert server.count("MAIL") == 20
     assert len(server.messages) == 20
     assert server.count("QUIT") == 1
@@ -141,3 +142,20 @@ async def test_idle_connection_closed_by_server(
     assert sender.sessions_opened == 2
     assert server.sessions == 2
     assert len(server.messages) == 2
+
+
+async def test_rset_after_rejected_recipient(
+    start_server: StartServer, settings_for: SettingsFor
+) -> None:
+    server = start_server(Script(rcpt_replies={"bad@example.org": "550 5.1.1 no"}))
+
+    async with TlsSender(settings_for(server, max_connections=1)) as sender:
+        states = [
+            (await sender.send(envelope_from=SENDER, recipient=address,
+                               data=build_message(address), profile_id="p")).state
+            for address in ("bad@example.org", "good@example.org")
+        ]
+
+    assert states == [DeliveryState.BOUNCED, DeliveryState.SENT]
+    assert server.verbs().count("RSET") == 1
+    assert server.sessions == 1
