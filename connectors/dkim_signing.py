@@ -4,7 +4,7 @@ The private key is read once from ``smtp.dkim.key_file`` (PEM, RSA or
 Ed25519). Each message gets a ``DKIM-Signature`` header, relaxed/relaxed
 canonicalisation, over `SIGNED_HEADERS` where present. ``From`` is always
 signed (RFC 6376 section 5.4). Listing ``List-Unsubscribe`` and
-``List-Unsubscribe-Post`` is what RFC 8058 section 4 asks of one-click
+``List-Unsubscribe-Post`` is what RFC 8058 section 4 requires of one-click
 unsubscribe, so a forwarder cannot add an unsubscribe link of its own.
 The public key must be published as TXT at ``<selector>._domainkey.<domain>``.
 """

@@ -189,7 +189,7 @@ class CachedPolicy:
 
 
 class PolicyCache(Protocol):
-    """Where fetched policies live between lookups (memory or the ledger)."""
+    """Storage of fetched policies between lookups (memory or the ledger)."""
 
     def get(self, domain: str) -> CachedPolicy | None: ...
 
@@ -273,7 +273,7 @@ class MtaStsFetcher:
         except MxError:
             addresses = []
         if not addresses:
-            raise _FetchFailed(f"{host} has no address")
+            raise _FetchFailed("the policy host has no address")
         address = addresses[0]
         literal = f"[{address}]" if ":" in address else address
         url = f"https://{literal}:{self._https_port}/.well-known/mta-sts.txt"

@@ -4,7 +4,7 @@
 domain, best first:
 
 - MX records sorted by preference, lowest first. Records of equal
-  preference are shuffled (RFC 5321 section 5.1 asks senders to spread
+  preference are shuffled (RFC 5321 section 5.1 recommends spreading
   load across them), with the injectable ``rng`` so tests can fix the
   order.
 - No MX records but the name exists: the domain itself is the implicit MX
@@ -57,7 +57,7 @@ DEFAULT_LIFETIME_SECONDS = 10.0
 
 
 class MxError(CarepostError):
-    """No mail route to a domain; ``permanent`` tells bounce from defer."""
+    """No mail route to a domain; ``permanent`` separates a bounce from a deferral."""
 
     permanent = False
 
@@ -149,7 +149,7 @@ class MxResolver:
         records = [(int(r.preference), _host_name(r.exchange.to_text())) for r in answer]
         hosts = [MxHost(host, preference) for preference, host in records if host]
         if not hosts:
-            # RFC 7505: "0 ." alone says the domain accepts no mail.
+            # RFC 7505: "0 ." alone means the domain accepts no mail.
             raise NullMxError(name, "the domain publishes a null MX and accepts no mail")
         return Route(name, self._ordered(hosts))
 

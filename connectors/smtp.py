@@ -95,7 +95,7 @@ _MODES = ("relay", "mx")
 
 @dataclass(frozen=True)
 class SendOutcome:
-    """How one message ended, with the TLS session and host it went over.
+    """The end state of one message, with the TLS session and host it went over.
 
     ``reason`` contains the failed step and codes only, never an address or
     the server's reply text. ``suppress`` is True when the address can
@@ -207,7 +207,7 @@ class TlsSender:
     def tls_refusal(self, recipient: str) -> str | None:
         """Return why the recipient's domain is known not to take TLS mail, or None.
 
-        Only mx mode knows domains; a relay decides for itself per message.
+        Only mx mode tracks domains; a relay decides for itself per message.
         """
         if self._router is None:
             return None

@@ -32,7 +32,7 @@ logger = logging.getLogger("carepost.connectors.smtp")
 
 @dataclass(frozen=True)
 class PoolResult:
-    """How one message ended on a pool, with the TLS session it used.
+    """The end state of one message on a pool, with the TLS session it used.
 
     ``connected`` is False when no session could be opened, so nothing of
     the message reached the host and another host may be tried.

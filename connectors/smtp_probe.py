@@ -4,7 +4,7 @@ The probe connects, requires STARTTLS (or implicit TLS on port 465),
 verifies the certificate for the host name, sends EHLO over TLS and QUIT.
 It never sends MAIL. When the certificate does not verify, a second,
 observe-only handshake without verification reads the version and cipher
-the host offers, so the status says what is wrong, not only that it is.
+the host offers, so the status shows what is wrong, not only that it is.
 """
 
 from __future__ import annotations

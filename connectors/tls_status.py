@@ -1,4 +1,4 @@
-"""What carepost knows about each recipient domain's TLS, kept in the ledger.
+"""The TLS status of each recipient domain, stored in the ledger database.
 
 Three sqlmodel tables in the ledger database (``ledger/__init__.py``
 imports this module so ``Ledger`` creates them):
@@ -63,7 +63,7 @@ class DomainTlsStatus(SQLModel, table=True):
 
 
 class MtaStsPolicyRecord(SQLModel, table=True):
-    """A cached MTA-STS policy; ``mx`` holds the patterns one a line."""
+    """A cached MTA-STS policy; ``mx`` contains the patterns, one a line."""
 
     __tablename__ = "mta_sts_policies"
 

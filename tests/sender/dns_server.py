@@ -1,6 +1,6 @@
 """A tiny authoritative DNS server on 127.0.0.1 (UDP) for the MX tests.
 
-It answers from a dict of records built with dnspython's own message
+It replies from a dict of records built with dnspython's own message
 tooling, so the sender's real dnspython resolver does real lookups: a
 known name with other record types gives an empty answer (NoAnswer), an
 unknown name gives NXDOMAIN, and a name listed in ``failing`` gives
@@ -32,7 +32,7 @@ def quoted_txt(value: str) -> str:
 
 
 class DnsServer:
-    """Answer queries from ``records``: (name, type) -> rdata texts."""
+    """Reply to queries from ``records``: (name, type) -> rdata texts."""
 
     def __init__(self) -> None:
         self.records: dict[tuple[str, str], list[str]] = {}
@@ -62,7 +62,7 @@ class DnsServer:
         self.records.pop((name.rstrip(".").lower(), record_type.upper()), None)
 
     def resolver(self) -> dns.asyncresolver.Resolver:
-        """Return a dnspython resolver that asks only this server."""
+        """Return a dnspython resolver that queries only this server."""
         resolver = dns.asyncresolver.Resolver(configure=False)
         resolver.nameservers = [HOST]
         resolver.port = self.port

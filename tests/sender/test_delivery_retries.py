@@ -226,6 +226,8 @@ async def test_mx_route_recorded_in_ledger(dns_server: DnsServer,
     assert route is not None
     assert route.mx_host == "mx1.example.test"
     assert route.cert_verified
-    assert row.cert_sha256 and row.tls_version and row.tls_cipher
+    assert row.cert_sha256
+    assert row.tls_version
+    assert row.tls_cipher
     status = TlsStatusStore(ledger.engine).get("example.test")
     assert status is not None and status.supports_tls
