@@ -195,6 +195,8 @@ class MxRouter:
                 connect_timeout_seconds=self._settings.connect_timeout_seconds,
                 verify_certificate=verify,
             )
+            # NOTE: idle sessions are kept per host until the sender closes,
+            # so many MX hosts can hold more than max_connections open.
             pool = SessionPool(config, self._settings.max_connections_per_host)
             self._pools[key] = pool
         return pool

@@ -365,6 +365,8 @@ async def _start_tls(client: SMTP, config: SessionConfig) -> None:
             tls_context=config.context,
         )
     except SMTPResponseException as exc:
+        # NOTE: a temporary 454 reply drops the message like a permanent
+        # refusal; it is not deferred and retried over TLS later.
         reason = f"STARTTLS rejected: {exc.code}{_enhanced_status(exc.message)}"
         raise TlsRequiredError(reason, smtp_code=exc.code) from None
     except (SMTPException, OSError) as exc:
