@@ -116,7 +116,7 @@ def build_project(folder: Path, smtp_port: int, ca_file: Path) -> tuple[Path, li
 
 
 def message_id(run_key: str, profile_id: str, domain: str) -> str:
-    """The Message-ID ``flows/delivery.py`` gives this trigger's message."""
+    """Return the Message-ID ``flows/delivery.py`` gives this trigger's message."""
     digest = hashlib.sha256(f"{CAMPAIGN}/{run_key}/{profile_id}".encode()).hexdigest()
     return f"<{digest[:32]}@{domain}>"
 
@@ -138,7 +138,7 @@ def start_serve(config: Path, port: int, dispatch: str) -> subprocess.Popen[byte
             pass
         time.sleep(0.3)
     process.kill()
-    raise SystemExit("carepost serve did not answer /health within 180 s")
+    raise SystemExit("carepost serve did not respond on /health within 180 s")
 
 
 async def post_all(port: int, profiles: list[str], count: int, rate: float,

@@ -138,7 +138,7 @@ class BehaviourEngine:
                 deadline=due + campaign.send_deadline, state=PendingState.PENDING))
         return sends
 
-    # -- one pass ------------------------------------------------------------------
+    # -- one pass -------------------------------------------------------------
 
     async def run_pass(self, now: datetime | None = None,
                        sender: TlsSender | None = None) -> Counter[str]:
@@ -254,7 +254,7 @@ class BehaviourEngine:
                 return f"{rule.event} after the trigger event"
         return None
 
-    # -- delivery ------------------------------------------------------------------------
+    # -- delivery -------------------------------------------------------------
 
     async def _deliver(self, campaign: Campaign, send: PendingSend, now: datetime,
                        snapshot: _Snapshot, sender: TlsSender) -> str:
@@ -301,7 +301,7 @@ class BehaviourEngine:
         context = {**recipient.context, trigger.time_field: PHI(as_utc(send.event_at))}
         return dataclasses.replace(recipient, context=context)
 
-    # -- reminders and escalation --------------------------------------------------------
+    # -- reminders and escalation ---------------------------------------------
 
     def _follow_up(self, campaign: Campaign, send: PendingSend, now: datetime) -> None:
         trigger = campaign.trigger
@@ -361,7 +361,8 @@ class BehaviourEngine:
 
 
 def _run_date(send: PendingSend, now: datetime) -> date:
-    """A held scheduled send keeps its run's date; a trigger uses today's."""
+    """Return the run date: a held scheduled send keeps its own; a trigger
+    uses today's."""
     return date.fromisoformat(send.run_key) if send.kind == PendingKind.WINDOW \
         else now.date()
 

@@ -28,7 +28,7 @@ def serve(
     ] = DEFAULT_PORT,
     poll_seconds: Annotated[float, typer.Option(
         "--poll-seconds", min=0.5,
-        help="Longest wait, in seconds, between checks for delayed trigger sends.")
+        help="Maximum wait, in seconds, between checks for delayed trigger sends.")
     ] = 30.0,
     dispatch: Annotated[str, typer.Option(
         "--dispatch", help="How a webhook starts its behaviour pass: 'direct' "

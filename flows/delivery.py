@@ -250,7 +250,7 @@ async def _send_with_retries(run: RunContext, recipient: Recipient, delivery_id:
     budget_ends = time.monotonic() + policy.in_run_seconds
     attempt = 0
     while True:
-        if datetime.now(UTC) > deadline:
+        if _now(run) > deadline:
             return SendOutcome(DeliveryState.SUPPRESSED, reason=expired_reason(
                 deadline, _last_reason(run, delivery_id)))
         attempt += 1
@@ -261,7 +261,7 @@ async def _send_with_retries(run: RunContext, recipient: Recipient, delivery_id:
         delay = policy.delay(attempt)
         if not policy.retries(outcome.state) or time.monotonic() + delay > budget_ends:
             return outcome
-        if datetime.now(UTC) + timedelta(seconds=delay) > deadline:
+        if _now(run) + timedelta(seconds=delay) > deadline:
             return SendOutcome(DeliveryState.SUPPRESSED,
                                reason=expired_reason(deadline, outcome.reason))
         run.ledger.settle(delivery_id, Settlement(
@@ -277,6 +277,11 @@ async def _send_with_retries(run: RunContext, recipient: Recipient, delivery_id:
 def _last_reason(run: RunContext, delivery_id: int) -> str | None:
     with Session(run.ledger.engine) as session:
         return session.get(Delivery, delivery_id).reason
+
+
+def _now(run: RunContext) -> datetime:
+    """Return the time the hold's deadline is measured against."""
+    return run.hold.clock() if run.hold is not None else datetime.now(UTC)
 
 
 def _send_by(run: RunContext, delivery_id: int) -> datetime:

@@ -73,7 +73,7 @@ def deadline_passed(due_at: datetime, send_by: timedelta, now: datetime) -> bool
 
 
 def in_window(window: SendWindow, local: datetime) -> bool:
-    """Whether a local wall-clock time is inside the window."""
+    """Return whether a local wall-clock time is inside the window."""
     clock = local.time().replace(tzinfo=None)
     if window.start == window.end:
         return True
@@ -98,7 +98,7 @@ def next_opening(window: SendWindow, zone: ZoneInfo, now: datetime) -> datetime:
 
 @dataclass(frozen=True)
 class WindowDecision:
-    """What to do with one recipient outside the send window."""
+    """The decision for one recipient outside the send window."""
 
     result: str  # window_deferred, window_skipped or expired
     state: DeliveryState
@@ -131,8 +131,8 @@ class SendHold:
         opens_at = next_opening(self.window, zone, now)
         if opens_at > self.deadline:
             return WindowDecision("expired", DeliveryState.SUPPRESSED,
-                                  f"expired: the send window {span} opens after "
-                                  f"the send_by deadline {self.deadline:%Y-%m-%dT%H:%MZ}")
+                                  f"expired: the send window {span} opens after the "
+                                  f"send_by deadline {self.deadline:%Y-%m-%dT%H:%MZ}")
         return WindowDecision("window_deferred", DeliveryState.DEFERRED,
                               f"outside the send window {span}; held until "
                               f"{opens_at:%Y-%m-%dT%H:%MZ}", opens_at)

@@ -14,8 +14,8 @@ Three tables, created with the ledger's other tables:
   campaign. It is the lease that stops a second or restored instance
   from running the same schedule, and it records runs that expired.
 
-Invariants a change must keep: ``accept`` commits before the webhook is
-answered; every state change of a pending send is a conditional UPDATE
+Invariants a change must keep: ``accept`` commits before the webhook gets
+its reply; every state change of a pending send is a conditional UPDATE
 from ``pending``, so two processes working the same row settle it once.
 """
 
@@ -197,7 +197,7 @@ class Inbox:
 
     def has_event_after(self, *, profile_id: str, event_type: str, after: datetime,
                         key: tuple[str, str] | None = None) -> bool:
-        """Whether the inbox holds a ``event_type`` of the profile after ``after``."""
+        """Return whether the profile has an ``event_type`` after ``after``."""
         with self._session() as session:
             rows = session.exec(
                 select(InboxEvent.properties).where(
@@ -209,7 +209,7 @@ class Inbox:
         name, value = key
         return any(json.loads(raw).get(name) == value for raw in rows)
 
-    # -- pending sends -------------------------------------------------------------
+    # -- pending sends --------------------------------------------------------
 
     def add_pending(self, send: PendingSend) -> bool:
         with self._session() as session:
@@ -284,7 +284,7 @@ class Inbox:
             session.commit()
         return True
 
-    # -- scheduled runs --------------------------------------------------------------
+    # -- scheduled runs -------------------------------------------------------
 
     def lease_scheduled_run(self, campaign: str, run_key: str,
                             scheduled_for: datetime, *, state: str = "started",

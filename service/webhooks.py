@@ -9,7 +9,7 @@ through the same steps:
 2. check the signature over the raw bytes (401);
 3. parse and map the JSON (400);
 4. commit the event to the inbox; a known ``event_id`` is a no-op;
-5. only then answer 2xx, and wake the behaviour flow through ``notify``.
+5. only then reply 2xx, and wake the behaviour flow through ``notify``.
 
 Replies: 202 ``accepted`` for a new event, 200 ``duplicate`` for an id the
 inbox already holds, 200 ``ignored`` for a Segment message carepost does

@@ -7,7 +7,7 @@ Pure functions, so the rules are tested without a server:
   "Webhooks" destination). It carries no timestamp, so replays are
   stopped by the inbox remembering every ``messageId``.
 - The generic endpoint signs ``timestamp + "." + raw body`` with
-  HMAC-SHA256; ``X-Carepost-Timestamp`` holds Unix seconds and
+  HMAC-SHA256; ``X-Carepost-Timestamp`` contains Unix seconds and
   ``X-Carepost-Signature`` the hex digest. A timestamp more than the
   tolerance (5 minutes by default) in the past or future is rejected.
 
