@@ -52,7 +52,8 @@ def test_generated_secret_is_private(tmp_path: Path, monkeypatch) -> None:
 def test_shipped_campaigns_load() -> None:
     campaigns = load_campaigns(REPO / "campaigns")
     assert set(campaigns) == {"checkup_reminder", "diabetes_education",
-                              "missed_appointment", "missed_appointment_followup"}
+                              "missed_appointment", "missed_appointment_followup",
+                              "refill_reminder"}
 
 
 def test_campaign_name_mismatch(tmp_path: Path) -> None:

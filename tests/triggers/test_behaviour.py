@@ -10,11 +10,13 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import duckdb
+import yaml
 from sqlmodel import Session, select
 
 from carepost.flows.behaviour import BehaviourEngine
 from carepost.ledger import Delivery, OutboxEvent
 from carepost.ledger.inbox import IncomingEvent
+from tests.conftest import REPO
 from tests.triggers.conftest import NO_SHOW_CAMPAIGN, TriggerProject
 
 T0 = datetime(2024, 3, 6, 16, 20, tzinfo=UTC)  # 10:20 in America/Chicago
@@ -255,3 +257,18 @@ async def test_fill_of_other_prescription_ignored(
                                       {"rx_id": "rx-9"}))
     counts = await engine.run_pass(T0 + timedelta(days=3))
     assert counts["sent"] == 1
+
+
+async def test_shipped_refill_campaign(trigger_project: TriggerProject) -> None:
+    shipped = REPO / "campaigns" / "refill_reminder.yaml"
+    trigger_project.write_campaign("refill_reminder", yaml.safe_load(shipped.read_text()))
+    engine = BehaviourEngine(trigger_project.settings)
+    profile = trigger_project.profile_ids[0]
+    engine.inbox.accept(_written("rx-e1", profile, "rx-1"))
+
+    counts = [await engine.run_pass(T0 + timedelta(days=days))
+              for days in (6, 7, 10, 13, 16)]
+
+    assert [c["sent"] for c in counts] == [0, 1, 1, 1, 0]
+    assert counts[4]["escalated"] == 1
+    assert len(_outbox(engine, "prescription_unfilled_escalated")) == 1
