@@ -10,8 +10,12 @@ Rules the generated SQL keeps:
   the end of that UTC day, so an event on the run date counts and an event
   after it never does. ``within: 14d`` covers the 14 x 24 hours before that
   instant.
-- Timestamps are compared in UTC through ``timezone('UTC', ...)``, so the
-  session's TimeZone setting cannot move a window boundary.
+- Window boundaries are computed on naive UTC timestamps from bound
+  values and turned into ``TIMESTAMPTZ`` constants with
+  ``timezone('UTC', ...)``, so the session's TimeZone setting cannot move
+  a boundary. Stored ``TIMESTAMPTZ`` columns are compared as they are,
+  never converted per row, which lets DuckDB push the comparison into the
+  scan and skip row groups by their min/max statistics.
 - Each leaf is two-valued: a comparison with a missing (NULL) trait is
   false, so ``not`` of it is true.
 - Profiles whose ``deceased_at`` falls on or before the run date are never
@@ -51,7 +55,9 @@ from carepost.segments.vocabulary import (
 
 AS_OF = "CAST($as_of AS DATE)"
 RUN_END = f"({AS_OF} + INTERVAL 1 DAY)"
-ALIVE = f"(p.deceased_at IS NULL OR timezone('UTC', p.deceased_at) >= {RUN_END})"
+# The same instant as a TIMESTAMPTZ constant, for comparing stored columns.
+RUN_END_TZ = f"timezone('UTC', {RUN_END})"
+ALIVE = f"(p.deceased_at IS NULL OR p.deceased_at >= {RUN_END_TZ})"
 # Age in whole years on the run date: one less while the birthday (month
 # and day) is still ahead in the run year, so a 29 February birthday is
 # reached on 1 March in common years.
@@ -132,7 +138,7 @@ class SqlBuilder:
             "FROM profiles AS p\nLEFT JOIN (SELECT e.profile_id,\n    "
             + counts
             + f"\n  FROM events AS e\n  WHERE e.type IN ({types})\n"
-            + f"    AND timezone('UTC', e.occurred_at) < {RUN_END}\n"
+            + f"    AND e.occurred_at < {RUN_END_TZ}\n"
             + "  GROUP BY e.profile_id) AS f ON f.profile_id = p.profile_id"
         )
 

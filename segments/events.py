@@ -62,7 +62,7 @@ def _facts_condition(node: EventNode, builder: SqlBuilder, run_end: str) -> str:
             tests.append(_since("e", node.within, builder, run_end))
         if node.older_than is not None:
             limit = _interval(node.older_than, builder)
-            tests.append(f"{_time('e')} < {run_end} - {limit}")
+            tests.append(f"e.occurred_at < {_utc(f'{run_end} - {limit}')}")
         total = builder.fact(" AND ".join(tests), node.event)
         if node.count is None:
             parts.append(f"{total} > 0")
@@ -95,7 +95,7 @@ def _presence_sql(node: EventNode, builder: SqlBuilder, run_end: str) -> str:
         source += f"\n    AND {_since(alias, node.within, builder, run_end)}"
     if node.older_than is not None:
         limit = _interval(node.older_than, builder)
-        source += f"\n    AND {_time(alias)} < {run_end} - {limit}"
+        source += f"\n    AND {alias}.occurred_at < {_utc(f'{run_end} - {limit}')}"
 
     if node.count is not None:
         bounds = [
@@ -117,7 +117,7 @@ def _pair_sql(
     second = builder.alias("event")
     source = (
         _events_from(second, pair, builder, run_end)
-        + f"\n      AND {_time(second)} > {_time(first)}"
+        + f"\n      AND {second}.occurred_at > {first}.occurred_at"
     )
     limit = _interval(pair.within_after, builder) if pair.within_after else None
     if limit is not None:
@@ -143,7 +143,7 @@ def _events_from(
     tests = [
         f"{alias}.profile_id = p.profile_id",
         f"{alias}.type = {builder.bind(node.event)}",
-        f"{_time(alias)} < {run_end}",
+        f"{alias}.occurred_at < {_utc(run_end)}",
     ]
     for name, value in node.where.items():
         tests.append(_property_sql(alias, name, value, builder))
@@ -169,11 +169,21 @@ def _as_json_text(value: Any) -> str:
 
 
 def _time(alias: str) -> str:
+    """One row's time as a naive UTC timestamp, for calendar arithmetic per row."""
     return f"timezone('UTC', {alias}.occurred_at)"
 
 
+def _utc(naive: str) -> str:
+    """Turn a naive UTC timestamp expression of bound values into a TIMESTAMPTZ.
+
+    The result is a constant once the parameters are bound, so a comparison
+    with ``occurred_at`` reaches the scan as a filter on the stored column.
+    """
+    return f"timezone('UTC', {naive})"
+
+
 def _since(alias: str, window: str, builder: SqlBuilder, run_end: str) -> str:
-    return f"{_time(alias)} >= {run_end} - {_interval(window, builder)}"
+    return f"{alias}.occurred_at >= {_utc(f'{run_end} - {_interval(window, builder)}')}"
 
 
 def _interval(window: str, builder: SqlBuilder) -> str:
