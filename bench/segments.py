@@ -14,22 +14,29 @@ Usage: .venv/bin/python bench/segments.py [--profiles 1000000] [--big]
 2. in a child process, runs every shipped segment (and each lifecycle
    stage) through ``SegmentLibrary.select`` on views straight over the
    Parquet files;
-3. in a second child, loads the files into in-memory tables (timed) and
-   runs the same queries on them;
-4. in a third child, reads the files with pandas and computes the three
+3. in a second child, loads the files into the canonical tables of a
+   DuckDB warehouse file under ``bench/out/`` (timed), the way a
+   carepost warehouse is stored;
+4. in a third child, opens that warehouse read-only and runs the same
+   queries on the loaded tables;
+5. in a fourth child, reads the files with pandas and computes the three
    shipped segments with pandas;
 
 and prints one table: best-of-``--rounds`` seconds per segment, the
 profiles selected (pandas must select the same number), each child's peak
 resident memory (``VmHWM`` from ``/proc/self/status``), and the
-DuckDB/pandas time ratios.
+DuckDB/pandas time ratios. Every DuckDB connection runs with
+``--threads`` threads and a ``--memory-limit`` buffer pool
+(``configure``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -65,18 +72,26 @@ def main() -> int:
 
     OUT.mkdir(parents=True, exist_ok=True)
     generated = _child(args, "generate")
+    load_before = os.getloadavg()[0]
     parquet = _child(args, "duckdb-parquet")
+    built = _child(args, "load")
     loaded = _child(args, "duckdb-loaded")
     pandas = _child(args, "pandas")
     report = {
         "machine": (
             f"{platform.node()}, {_cores()} cores, "
-            f"Python {platform.python_version()}"
+            f"Python {platform.python_version()}, DuckDB {_version('duckdb')}, "
+            f"pandas {_version('pandas')}"
         ),
+        "date": date.today().isoformat(),
+        "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)],
+        "threads": args.threads,
+        "memory_limit": args.memory_limit,
         "profiles": args.profiles,
         "events": generated["events"],
         "generate": generated,
         "duckdb_parquet": parquet,
+        "load": built,
         "duckdb_loaded": loaded,
         "pandas": pandas,
     }
@@ -95,7 +110,13 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--as-of", default="2024-06-15", help="run date")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--memory-limit", default="2GB", help="DuckDB buffer pool (memory_limit)"
+    )
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--reuse", action="store_true", help="keep Parquet files of the same size"
+    )
     parser.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.big:
@@ -120,6 +141,9 @@ def _child(args: argparse.Namespace, phase: str) -> dict[str, Any]:
         str(args.rounds),
         "--threads",
         str(args.threads),
+        "--memory-limit",
+        args.memory_limit,
+        *(["--reuse"] if args.reuse else []),
     ]
     print(f"running {phase} ...", file=sys.stderr, flush=True)
     output = subprocess.run(command, check=True, capture_output=True, text=True)
@@ -134,14 +158,43 @@ def _peak_rss_mb() -> float:
 
 
 def _cores() -> int:
-    import os
-
     return os.cpu_count() or 0
 
 
+def _version(module: str) -> str:
+    from importlib.metadata import version
+
+    return version(module)
+
+
+def configure(conn: Any, args: argparse.Namespace) -> None:
+    """Apply the settings every benchmark connection shares.
+
+    ``threads`` matches the cores; ``memory_limit`` caps DuckDB's buffer
+    pool, beyond which it spills to a temporary folder under ``bench/out``
+    instead of growing; insertion order is not kept, which lets loads and
+    aggregates stream instead of buffering whole tables.
+    """
+    conn.execute(f"SET threads = {int(args.threads)}")
+    if not re.fullmatch(r"[0-9]+(MB|GB)", args.memory_limit):
+        raise SystemExit(f"--memory-limit {args.memory_limit!r}: write it as 2GB or 1500MB")
+    conn.execute(f"SET memory_limit = '{args.memory_limit}'")
+    conn.execute(f"SET temp_directory = '{OUT / 'spill'}'")
+    conn.execute("SET preserve_insertion_order = false")
+    conn.execute("SET TimeZone = 'UTC'")
+
+
 def _paths(args: argparse.Namespace) -> tuple[Path, Path]:
-    tag = f"{args.profiles}p_{args.events}e"
+    tag = _tag(args)
     return OUT / f"profiles_{tag}.parquet", OUT / f"events_{tag}.parquet"
+
+
+def _tag(args: argparse.Namespace) -> str:
+    return f"{args.profiles}p_{args.events}e"
+
+
+def _warehouse(args: argparse.Namespace) -> Path:
+    return OUT / f"warehouse_{_tag(args)}.duckdb"
 
 
 def _best(rounds: int, work: Any) -> tuple[float, Any]:
@@ -161,7 +214,9 @@ def generate(args: argparse.Namespace) -> dict[str, Any]:
 
     profiles_path, events_path = _paths(args)
     conn = duckdb.connect()
-    conn.execute(f"SET threads = {args.threads}")
+    configure(conn, args)
+    if args.reuse and profiles_path.exists() and events_path.exists():
+        return _file_sizes(conn, profiles_path, events_path, reused=True)
     started = time.perf_counter()
     conn.execute(
         f"COPY ({_profiles_sql(args.profiles)}) TO '{profiles_path}' "
@@ -173,10 +228,19 @@ def generate(args: argparse.Namespace) -> dict[str, Any]:
         f"COPY ({_events_sql(args.profiles, episodes, args.as_of)}) TO '{events_path}' "
         "(FORMAT parquet, ROW_GROUP_SIZE 122880)"
     )
-    events = conn.execute(f"SELECT count(*) FROM '{events_path}'").fetchall()[0][0]
     return {
         "profiles_seconds": round(profile_seconds, 2),
         "events_seconds": round(time.perf_counter() - started - profile_seconds, 2),
+        **_file_sizes(conn, profiles_path, events_path, reused=False),
+    }
+
+
+def _file_sizes(
+    conn: Any, profiles_path: Path, events_path: Path, *, reused: bool
+) -> dict[str, Any]:
+    events = conn.execute(f"SELECT count(*) FROM '{events_path}'").fetchall()[0][0]
+    return {
+        "reused": reused,
         "events": events,
         "profiles_mb": round(profiles_path.stat().st_size / 2**20, 1),
         "events_mb": round(events_path.stat().st_size / 2**20, 1),
@@ -302,8 +366,7 @@ def duckdb_parquet(args: argparse.Namespace) -> dict[str, Any]:
 
     profiles_path, events_path = _paths(args)
     conn = duckdb.connect()
-    conn.execute(f"SET threads = {args.threads}")
-    conn.execute("SET TimeZone = 'UTC'")
+    configure(conn, args)
     conn.execute(
         f"CREATE VIEW profiles AS SELECT * FROM read_parquet('{profiles_path}')"
     )
@@ -311,24 +374,41 @@ def duckdb_parquet(args: argparse.Namespace) -> dict[str, Any]:
     return {"segments": _time_segments(conn, args)}
 
 
-def duckdb_loaded(args: argparse.Namespace) -> dict[str, Any]:
+def load(args: argparse.Namespace) -> dict[str, Any]:
+    """Build the warehouse file: canonical tables, keys and index included."""
     import duckdb
     from carepost.core.schema import create_tables
 
     profiles_path, events_path = _paths(args)
-    conn = duckdb.connect()
-    conn.execute(f"SET threads = {args.threads}")
-    create_tables(conn)
+    warehouse = _warehouse(args)
+    for stale in (warehouse, warehouse.with_suffix(".duckdb.wal")):
+        stale.unlink(missing_ok=True)
+    conn = duckdb.connect(str(warehouse))
+    configure(conn, args)
     started = time.perf_counter()
+    create_tables(conn)
     conn.execute(f"INSERT INTO profiles SELECT * FROM read_parquet('{profiles_path}')")
     conn.execute(f"INSERT INTO events SELECT * FROM read_parquet('{events_path}')")
-    load_seconds = round(time.perf_counter() - started, 2)
-    return {"load_seconds": load_seconds, "segments": _time_segments(conn, args)}
+    conn.execute("CHECKPOINT")
+    conn.close()
+    return {
+        "load_seconds": round(time.perf_counter() - started, 2),
+        "warehouse_mb": round(warehouse.stat().st_size / 2**20, 1),
+    }
+
+
+def duckdb_loaded(args: argparse.Namespace) -> dict[str, Any]:
+    import duckdb
+
+    conn = duckdb.connect(str(_warehouse(args)), read_only=True)
+    configure(conn, args)
+    return {"segments": _time_segments(conn, args)}
 
 
 PHASES: dict[str, Any] = {
     "generate": generate,
     "duckdb-parquet": duckdb_parquet,
+    "load": load,
     "duckdb-loaded": duckdb_loaded,
 }
 
@@ -355,12 +435,25 @@ def _print_report(report: dict[str, Any]) -> None:
         f"{report['machine']}; {report['profiles']:,} profiles, "
         f"{report['events']:,} events"
     )
+    if generated["reused"]:
+        print(
+            f"reused Parquet: profiles {generated['profiles_mb']} MB, "
+            f"events {generated['events_mb']} MB"
+        )
+    else:
+        print(
+            f"generate: profiles {generated['profiles_seconds']} s "
+            f"({generated['profiles_mb']} MB), events {generated['events_seconds']} s "
+            f"({generated['events_mb']} MB)"
+        )
     print(
-        f"generate: profiles {generated['profiles_seconds']} s "
-        f"({generated['profiles_mb']} MB), events {generated['events_seconds']} s "
-        f"({generated['events_mb']} MB)"
+        f"{report['date']}, load average {report['load_average']}, "
+        f"threads {report['threads']}, memory_limit {report['memory_limit']}"
     )
-    print(f"load into tables: {report['duckdb_loaded']['load_seconds']} s")
+    print(
+        f"load into the warehouse file: {report['load']['load_seconds']} s "
+        f"({report['load']['warehouse_mb']} MB)"
+    )
     pandas = report["pandas"]
     print(f"pandas read: {pandas['read_seconds']} s")
     header = (
@@ -395,6 +488,7 @@ def _print_report(report: dict[str, Any]) -> None:
             for name, key in (
                 ("generate", "generate"),
                 ("parquet", "duckdb_parquet"),
+                ("load", "load"),
                 ("loaded", "duckdb_loaded"),
                 ("pandas", "pandas"),
             )
