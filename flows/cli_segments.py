@@ -227,7 +227,7 @@ def _library(settings: Settings) -> Any:
 
 
 class _warehouse:
-    """Open the warehouse file, loading the configured export first if asked."""
+    """Open the warehouse file, syncing every configured source first if asked."""
 
     def __init__(self, settings: Settings, load: bool) -> None:
         self.settings = settings
@@ -235,9 +235,12 @@ class _warehouse:
         self.conn: duckdb.DuckDBPyConnection | None = None
 
     def __enter__(self) -> duckdb.DuckDBPyConnection:
+        import asyncio
+
         import duckdb
-        from carepost.connectors.files import load_export
+
         from carepost.core.schema import create_tables
+        from carepost.flows import prefect_runtime
 
         path = self.settings.warehouse_path
         if not self.load and not path.exists():
@@ -248,12 +251,12 @@ class _warehouse:
         self.conn = duckdb.connect(str(path))
         create_tables(self.conn)
         if self.load:
-            source = self.settings.source
-            load_export(
-                self.conn,
-                self.settings.path(source.profiles),
-                self.settings.path(source.events),
-            )
+            # flows.sync imports Prefect, which must see carepost's settings.
+            prefect_runtime.configure(self.settings.state_path)
+            from carepost.flows.sync import sync_named_source
+
+            for name in self.settings.named_sources():
+                asyncio.run(sync_named_source(self.settings, self.conn, name))
         return self.conn
 
     def __exit__(self, *_exc: object) -> None:
