@@ -169,15 +169,15 @@ def _as_json_text(value: Any) -> str:
 
 
 def _time(alias: str) -> str:
-    """One row's time as a naive UTC timestamp, for calendar arithmetic per row."""
+    """Return one row's time as a naive UTC timestamp, for calendar arithmetic."""
     return f"timezone('UTC', {alias}.occurred_at)"
 
 
 def _utc(naive: str) -> str:
     """Turn a naive UTC timestamp expression of bound values into a TIMESTAMPTZ.
 
-    The result is a constant once the parameters are bound, so a comparison
-    with ``occurred_at`` reaches the scan as a filter on the stored column.
+    The result is a constant once the parameters are bound. A comparison
+    with ``occurred_at`` then reaches the scan as a filter on the column.
     """
     return f"timezone('UTC', {naive})"
 
