@@ -161,6 +161,9 @@ class Campaign(_Strict):
     send_window: SendWindow = SendWindow()
     send_by: Duration | None = None
     frequency_cap: FrequencyCap | None = None
+    # A profile that got this campaign within this many days is skipped by
+    # later runs, so a daily campaign over a 14-day segment mails once.
+    reentry_days: int | None = Field(default=None, ge=1)
     goal: Goal | None = None
 
     @model_validator(mode="after")

@@ -94,10 +94,12 @@ def _skip_reason(run: RunContext, recipient: Recipient, address_hash: str | None
         return "deceased"
     if recipient.address is None or address_hash is None:
         return "no email address"
+    # Contact consent is the floor for any email; marketing needs its own
+    # authorisation on top of it.
+    if not recipient.consent_contact:
+        return "no contact consent"
     if purpose is Purpose.MARKETING and not recipient.consent_marketing:
         return "no marketing consent"
-    if purpose is Purpose.CARE and not recipient.consent_contact:
-        return "no contact consent"
     if run.ledger.is_suppressed(address_hash, purpose):
         return "address on the suppression list"
     cap = run.campaign.frequency_cap
@@ -107,6 +109,13 @@ def _skip_reason(run: RunContext, recipient: Recipient, address_hash: str | None
                                      excluding_run=run.run_key)
         if sent >= cap.max_messages:
             return "frequency cap reached"
+    reentry = run.campaign.reentry_days
+    if reentry is not None:
+        since = datetime.now(UTC) - timedelta(days=reentry)
+        if run.ledger.sent_since(recipient.profile_id, since,
+                                 campaign=run.campaign.name,
+                                 excluding_run=run.run_key):
+            return f"already sent this campaign within {reentry} days"
     return None
 
 

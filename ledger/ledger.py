@@ -34,7 +34,12 @@ from carepost.ledger.models import Delivery, OutboxEvent, Suppression, utc_now
 
 log = logging.getLogger(__name__)
 
-_RETRYABLE = (DeliveryState.QUEUED, DeliveryState.DEFERRED)
+# States a later execution may take up again. Nothing of a render failure
+# or a TLS drop left the machine, so a re-run after the template or relay
+# is fixed may try again; ``sent`` and ``bounced`` reached a server and
+# ``suppressed`` covers consent, deceased and expiry, so those are final.
+_RETRYABLE = (DeliveryState.QUEUED, DeliveryState.DEFERRED,
+              DeliveryState.RENDER_FAILED, DeliveryState.DROPPED_NO_TLS)
 
 
 def hash_address(key: bytes, address: str) -> str:
@@ -164,14 +169,21 @@ class Ledger:
                 session.rollback()
 
     def sent_since(self, profile_id: str, since: datetime, *,
-                   purpose: Purpose, excluding_run: str | None = None) -> int:
-        """Count messages of ``purpose`` sent to a profile since ``since``."""
+                   purpose: Purpose | None = None, campaign: str | None = None,
+                   excluding_run: str | None = None) -> int:
+        """Count messages sent to a profile since ``since``.
+
+        ``purpose`` and ``campaign`` narrow the count when given.
+        """
         query = select(func.count(Delivery.id)).where(
             Delivery.profile_id == profile_id,
-            Delivery.purpose == purpose.value,
             Delivery.state == DeliveryState.SENT,
             Delivery.updated_at >= since,
         )
+        if purpose is not None:
+            query = query.where(Delivery.purpose == purpose.value)
+        if campaign is not None:
+            query = query.where(Delivery.campaign == campaign)
         if excluding_run is not None:
             query = query.where(Delivery.run_key != excluding_run)
         with Session(self.engine, expire_on_commit=False) as session:

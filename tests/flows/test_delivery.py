@@ -92,14 +92,15 @@ async def test_send_time_checks(tmp_path, warehouse, smtp_server) -> None:
         run = _run(tmp_path, warehouse, sender, ledger, MARKETING)
         counts = await deliver_batch(run, [p[0] for p in PROFILES])
 
-    assert counts["sent"] == 3  # ok-1, ok-2 and no-contact (marketing only needs marketing)
-    assert counts["suppressed"] == 4
+    assert counts["sent"] == 2
+    assert counts["suppressed"] == 5
     reasons = {row.profile_id: row.reason for row in _rows(ledger)}
     assert reasons["p-dead"] == "deceased"
     assert reasons["p-no-mkt"] == "no marketing consent"
+    assert reasons["p-no-contact"] == "no contact consent"
     assert reasons["p-no-email"] == "no email address"
     assert reasons["p-suppressed"] == "address on the suppression list"
-    assert smtp_server.messages_received == 3
+    assert smtp_server.messages_received == 2
 
 
 async def test_care_needs_contact_consent(tmp_path, warehouse, smtp_server) -> None:
@@ -116,10 +117,10 @@ async def test_care_needs_contact_consent(tmp_path, warehouse, smtp_server) -> N
 async def test_concurrent_executions_send_once(tmp_path, warehouse,
                                                smtp_server) -> None:
     ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
-    ids = ["p-ok-1", "p-ok-2", "p-no-contact"]
+    ids = ["p-ok-1", "p-ok-2", "p-no-mkt"]
     async with TlsSender(_smtp(smtp_server)) as first, \
             TlsSender(_smtp(smtp_server)) as second:
-        runs = [_run(tmp_path, warehouse, s, ledger, MARKETING) for s in (first, second)]
+        runs = [_run(tmp_path, warehouse, s, ledger, CARE) for s in (first, second)]
         results = await asyncio.gather(*(deliver_batch(r, ids) for r in runs))
 
     total = results[0] + results[1]
@@ -184,3 +185,36 @@ async def test_injected_address_never_reaches_server(tmp_path, warehouse,
     (row,) = [r for r in _rows(ledger) if r.profile_id == "p-inject"]
     assert row.state in (DeliveryState.RENDER_FAILED, DeliveryState.SUPPRESSED)
     assert "leak" not in (row.reason or "")
+
+
+async def test_reentry_skips_recent_recipient(tmp_path, warehouse, smtp_server) -> None:
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    daily = CARE.model_copy(update={"reentry_days": 14})
+    async with TlsSender(_smtp(smtp_server)) as sender:
+        first = _run(tmp_path, warehouse, sender, ledger, daily)
+        await deliver_batch(first, ["p-ok-1"])
+        second = _run(tmp_path, warehouse, sender, ledger, daily)
+        second.run_key = "2024-02-16"
+        counts = await deliver_batch(second, ["p-ok-1"])
+
+    assert counts == {"suppressed": 1}
+    assert smtp_server.messages_received == 1
+    reasons = [row.reason for row in _rows(ledger) if row.run_key == "2024-02-16"]
+    assert reasons == ["already sent this campaign within 14 days"]
+
+
+async def test_render_failure_retried_on_rerun(tmp_path, warehouse,
+                                               smtp_server) -> None:
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    async with TlsSender(_smtp(smtp_server)) as sender:
+        broken = _run(tmp_path, warehouse, sender, ledger, CARE)
+        broken.settings = broken.settings.model_copy(update={
+            "tracking": broken.settings.tracking.model_copy(
+                update={"base_url": "http://links.example.test"})})
+        first = await deliver_batch(broken, ["p-ok-1"])
+        fixed = _run(tmp_path, warehouse, sender, ledger, CARE)
+        second = await deliver_batch(fixed, ["p-ok-1"])
+
+    assert first == {"render_failed": 1}
+    assert second == {"sent": 1}
+    assert smtp_server.messages_received == 1
