@@ -10,13 +10,14 @@ on a new machine without weakening anything.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import secrets
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -27,12 +28,52 @@ from pydantic import (
 
 from carepost.core.errors import ConfigError
 from carepost.core.retention import RetentionSettings
-from carepost.core.sources import FileSource, Source
+from carepost.core.sources import FileSource, Source, TimeZoneName, TlsUrl
+from carepost.core.yamlio import describe_validation_error, load_yaml_file
 
 # The name under which the single ``source:`` of older files is synced.
 LEGACY_SOURCE_NAME = "export"
 
 CONFIG_FILE = "carepost.yaml"
+
+# The reserved domain of the demo and the tests (RFC 6761), accepted with
+# its subdomains although email-validator rejects special-use names.
+RESERVED_TEST_DOMAIN = "example.test"
+
+
+def _tcp_port(value: int) -> int:
+    if not 1 <= value <= 65535:
+        raise ValueError(f"{value} is not a TCP port; expected 1-65535, such as "
+                         "587 for starttls or 465 for implicit")
+    return value
+
+
+def _positive_seconds(value: float) -> float:
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{value} is not a positive number of seconds; "
+                         "expected a value above 0, such as 30")
+    return value
+
+
+def _email_address(value: str) -> str:
+    """Validate the syntax of an address; nothing is looked up in DNS."""
+    from email_validator import EmailNotValidError, validate_email
+
+    domain = value.rpartition("@")[2].lower()
+    reserved = domain == RESERVED_TEST_DOMAIN or domain.endswith(
+        "." + RESERVED_TEST_DOMAIN)
+    try:
+        result = validate_email(value, check_deliverability=False,
+                                test_environment=reserved)
+    except EmailNotValidError as exc:
+        raise ValueError(f"{value!r} is not a valid email address: {exc}; "
+                         "expected an address such as care@clinic.example.org") from None
+    return result.normalized
+
+
+TcpPort = Annotated[int, AfterValidator(_tcp_port)]
+PositiveSeconds = Annotated[float, AfterValidator(_positive_seconds)]
+EmailAddress = Annotated[str, AfterValidator(_email_address)]
 
 
 class _Strict(BaseModel):
@@ -42,12 +83,12 @@ class _Strict(BaseModel):
 class Practice(_Strict):
     name: str
     postal_address: str
-    timezone: str = "America/Chicago"
+    timezone: TimeZoneName = "America/Chicago"
     website: str = "https://www.example.test"
 
 
 class SenderIdentity(_Strict):
-    address: str
+    address: EmailAddress
     name: str
 
 
@@ -129,15 +170,15 @@ class SmtpSettings(_Strict):
 
     mode: Literal["relay", "mx"] = "relay"
     host: str = "127.0.0.1"
-    port: int = 587
+    port: TcpPort = 587
     tls: Literal["starttls", "implicit"] = "starttls"
     ca_file: str | None = None
     username: str | None = None
     password_env: str | None = None
     helo_name: str = "carepost.localhost"
-    timeout_seconds: float = 30.0
-    connect_timeout_seconds: float = Field(default=10.0, gt=0)
-    message_timeout_seconds: float = Field(default=120.0, gt=0)
+    timeout_seconds: PositiveSeconds = 30.0
+    connect_timeout_seconds: PositiveSeconds = 10.0
+    message_timeout_seconds: PositiveSeconds = 120.0
     max_connections: int = Field(default=4, ge=1, le=64)
     max_connections_per_host: int = Field(default=4, ge=1, le=64)
     # Messages per second to one recipient domain (token bucket); None: no limit.
@@ -160,7 +201,8 @@ class SmtpSettings(_Strict):
 
 
 class Tracking(_Strict):
-    base_url: str = "https://links.example.test"
+    # Links in every message point here, so it must be https (or loopback).
+    base_url: TlsUrl = "https://links.example.test"
     secret_env: str = "CAREPOST_TRACKING_SECRET"
     # Secrets of earlier rotations: links signed with them keep working.
     previous_secret_envs: list[str] = []
@@ -213,8 +255,15 @@ class Settings(_Strict):
 
     @property
     def state_path(self) -> Path:
+        """Return the state folder, created private to the OS user (0700).
+
+        It holds the warehouse and the ledger, so other local users must
+        not read it, whatever the umask gave the files inside.
+        """
         path = self.path(self.state_dir)
-        path.mkdir(parents=True, exist_ok=True)
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o700)
         return path
 
     @property
@@ -265,14 +314,6 @@ class Settings(_Strict):
                 for secret in secrets_in_order}
 
 
-def _describe(error: ValidationError, source: Path) -> str:
-    lines = [f"{source}: invalid configuration"]
-    for item in error.errors():
-        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        lines.append(f"  {where}: {item['msg']}")
-    return "\n".join(lines)
-
-
 def load_settings(path: Path | str | None = None) -> Settings:
     """Load and validate ``carepost.yaml`` (default: the current folder's)."""
     config_path = Path(path or os.environ.get("CAREPOST_CONFIG", CONFIG_FILE))
@@ -281,14 +322,14 @@ def load_settings(path: Path | str | None = None) -> Settings:
             f"configuration file {config_path} not found",
             hint="run carepost from the project folder or set CAREPOST_CONFIG",
         )
-    try:
-        raw = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{config_path}: not valid YAML: {exc}") from None
+    document = load_yaml_file(config_path)
+    raw = document.data or {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{config_path}: expected a mapping at the top level")
+        raise ConfigError(f"{config_path}: expected a mapping at the top level",
+                          hint="start the file with keys such as practice: and sender:")
     raw.setdefault("root", config_path.resolve().parent)
     try:
         return Settings.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, config_path)) from None
+        raise ConfigError(
+            describe_validation_error(exc, document, "configuration")) from None

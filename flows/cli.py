@@ -21,7 +21,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   pretty_exceptions_show_locals=False,
                   help="carepost: CDP-to-email campaigns for healthcare.")
 console = Console()
-errors = Console(stderr=True)
+# Errors are not wrapped, so a message stays one greppable line.
+errors = Console(stderr=True, soft_wrap=True)
 
 ConfigOption = Annotated[Path, typer.Option(
     "--config", envvar="CAREPOST_CONFIG",
@@ -66,12 +67,18 @@ def run(
     verbose: VerboseOption = False,
 ) -> None:
     """Run one campaign for one date; re-running the same date sends nothing new."""
-    from carepost.flows.runner import configure_logging, prefect_session, run_campaign
+    from carepost.flows.runner import (
+        check_campaign,
+        configure_logging,
+        prefect_session,
+        run_campaign,
+    )
 
     configure_logging(verbose)
     settings = _settings(config)
     run_date = _parse_date(as_of) if as_of else date.today().isoformat()
     try:
+        check_campaign(settings, campaign)
         with prefect_session(settings):
             summary = run_campaign(config.resolve(), campaign, run_date)
     except CarepostError as exc:

@@ -8,18 +8,23 @@ user's ``~/.prefect`` never changes how carepost behaves.
 With no API configured, Prefect would start a temporary in-process server
 that runs no scheduler and is killed at exit before it records most task
 runs. carepost instead starts a real ``prefect server`` (SQLite under the
-state folder) as a child process on 127.0.0.1, or reuses one that answers
-its health check. ``CAREPOST_PREFECT_API_URL`` points carepost at an
-existing server (PostgreSQL-backed in production) instead.
+state folder) as a child process on 127.0.0.1, or reuses the one it
+started for the same state folder while that answers its health check.
+The port is derived from the state folder's path, so two checkouts on one
+machine get two servers, and ``server.json`` in the Prefect home records
+which port belongs to this folder. ``CAREPOST_PREFECT_API_URL`` points
+carepost at an existing server (PostgreSQL-backed in production) instead.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
 import sys
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +35,9 @@ from carepost.core.errors import CarepostError
 log = logging.getLogger(__name__)
 
 API_URL_ENV = "CAREPOST_PREFECT_API_URL"
-DEFAULT_PORT = 4290
+PORT_ENV = "CAREPOST_PREFECT_PORT"
+# Embedded servers listen on a port in this range chosen by the state folder.
+PORT_BASE, PORT_SPAN = 4200, 700
 STARTUP_TIMEOUT_SECONDS = 90.0
 
 
@@ -85,7 +92,25 @@ def _healthy(api_url: str) -> bool:
     return response.status_code == 200
 
 
-def ensure_server(home: Path, port: int = DEFAULT_PORT) -> PrefectServer:
+def default_port(home: Path) -> int:
+    """Return ``CAREPOST_PREFECT_PORT`` or a port derived from ``home``."""
+    configured = os.environ.get(PORT_ENV)
+    if configured:
+        if not configured.isdigit() or not 1 <= int(configured) <= 65535:
+            raise PrefectServerError(
+                f"{PORT_ENV} is {configured!r}, expected a port number 1-65535")
+        return int(configured)
+    return PORT_BASE + zlib.crc32(str(home.resolve()).encode()) % PORT_SPAN
+
+
+def _owned_port(home: Path) -> int | None:
+    try:
+        return int(json.loads((home / "server.json").read_text())["port"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def ensure_server(home: Path, port: int | None = None) -> PrefectServer:
     """Point Prefect at a healthy API, starting the embedded server if needed."""
     configured = os.environ.get(API_URL_ENV)
     if configured:
@@ -97,12 +122,22 @@ def ensure_server(home: Path, port: int = DEFAULT_PORT) -> PrefectServer:
             )
         return PrefectServer(configured)
 
+    port = port or default_port(home)
     api_url = f"http://127.0.0.1:{port}/api"
     os.environ["PREFECT_API_URL"] = api_url
     if _healthy(api_url):
+        if _owned_port(home) != port:
+            raise PrefectServerError(
+                f"port {port} already serves a Prefect API that this state "
+                f"folder did not start",
+                hint=f"set {PORT_ENV} to a free port, or {API_URL_ENV} to use "
+                "that server on purpose",
+            )
         log.info("reusing the Prefect server at %s", api_url)
         return PrefectServer(api_url)
-    return PrefectServer(api_url, _start_server(home, port, api_url))
+    process = _start_server(home, port, api_url)
+    (home / "server.json").write_text(json.dumps({"port": port, "pid": process.pid}))
+    return PrefectServer(api_url, process)
 
 
 def _start_server(home: Path, port: int, api_url: str) -> subprocess.Popen[bytes]:

@@ -21,9 +21,7 @@ from carepost.flows import prefect_runtime
 def prefect_session(settings: Settings, port: int | None = None) -> Iterator[None]:
     """Configure Prefect for ``settings`` and keep an API up for the block."""
     home = prefect_runtime.configure(settings.state_path)
-    server = prefect_runtime.ensure_server(
-        home, port or int(os.environ.get("CAREPOST_PREFECT_PORT",
-                                         prefect_runtime.DEFAULT_PORT)))
+    server = prefect_runtime.ensure_server(home, port)
     try:
         import prefect  # noqa: F401  (loads Prefect's logging configuration)
 
@@ -32,7 +30,56 @@ def prefect_session(settings: Settings, port: int | None = None) -> Iterator[Non
         install_redaction()
         yield
     finally:
+        _drain_prefect_workers()
         server.stop()
+
+
+def _drain_prefect_workers(timeout_seconds: float = 10.0) -> None:
+    """Flush Prefect's queued logs and events before the API goes away.
+
+    Without this, stopping the embedded server races the background
+    workers, which then print connection errors on the way out.
+    """
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        try:
+            worker.drain_all(timeout=timeout_seconds)
+        except Exception as exc:  # draining is best effort at exit
+            logging.getLogger(__name__).debug("draining %s failed: %s",
+                                              worker.__name__, exc)
+
+
+def check_campaign(settings: Settings, campaign: str) -> None:
+    """Raise ``ConfigError`` before any flow starts if ``campaign`` cannot run.
+
+    Checks that the campaign exists and that its segment (and stage) and
+    template load, so a typo is one clear line instead of a failed flow run.
+    """
+    from carepost.core.campaign import load_campaigns
+    from carepost.core.errors import ConfigError
+    from carepost.segments import SegmentLibrary
+    from carepost.templates import TemplateLibrary
+
+    campaigns = load_campaigns(settings.path(settings.campaigns_dir))
+    if campaign not in campaigns:
+        known = ", ".join(campaigns) or "none"
+        raise ConfigError(f"campaign {campaign!r} not found",
+                          hint=f"configured campaigns: {known}")
+    spec = campaigns[campaign]
+    segments = SegmentLibrary(settings.path(settings.segments_dir))
+    if spec.segment not in segments.names():
+        raise ConfigError(
+            f"campaigns/{campaign}.yaml: segment {spec.segment!r} not found",
+            hint=f"known segments: {', '.join(segments.names())}")
+    if spec.stage is not None and spec.stage not in segments.stages(spec.segment):
+        raise ConfigError(
+            f"campaigns/{campaign}.yaml: stage {spec.stage!r} not found in "
+            f"segment {spec.segment}",
+            hint=f"known stages: {', '.join(segments.stages(spec.segment))}")
+    TemplateLibrary(settings.path(settings.templates_dir),
+                    settings.practice).get(spec.template)
 
 
 def run_campaign(config_path: Path, campaign: str, run_date: str) -> dict[str, Any]:

@@ -90,3 +90,14 @@ def test_redacting_filter_masks_addresses() -> None:
                                "to %s about %s", ("sam@example.test", "Zqx"), None)
     RedactingFilter(markers=("Zqx",)).filter(record)
     assert record.getMessage() == "to [PHI] about [PHI]"
+
+
+def test_state_folder_is_private(tmp_path: Path) -> None:
+    settings = load_settings(REPO / "carepost.yaml").model_copy(
+        update={"state_dir": str(tmp_path / "state")})
+    (tmp_path / "state").mkdir(mode=0o755)
+    (tmp_path / "state").chmod(0o755)
+
+    path = settings.state_path
+
+    assert stat.S_IMODE(path.stat().st_mode) == 0o700

@@ -1,0 +1,51 @@
+"""User errors on ``carepost run`` are one clear line, before any flow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from typer.testing import CliRunner
+
+from carepost.flows.cli import app
+from tests.flows.project import make_project
+
+
+def _run(config: Path, *args: str):
+    return CliRunner().invoke(app, ["run", *args, "--config", str(config)])
+
+
+def test_unknown_campaign_lists_known(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "project")
+    result = _run(project.config, "missed_apointment", "--as-of", "2024-02-15")
+    assert result.exit_code == 1
+    assert "campaign 'missed_apointment' not found" in result.stderr
+    assert "missed_appointment" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_unknown_segment_named(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "project")
+    path = project.root / "campaigns/missed_appointment.yaml"
+    raw = yaml.safe_load(path.read_text())
+    raw["segment"] = "missed_appointments"
+    path.write_text(yaml.safe_dump(raw))
+
+    result = _run(project.config, "missed_appointment", "--as-of", "2024-02-15")
+
+    assert result.exit_code == 1
+    assert "segment 'missed_appointments' not found" in result.stderr
+    assert not (project.state / "prefect" / "server.json").exists()
+
+
+def test_unknown_stage_named(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "project")
+    path = project.root / "campaigns/checkup_reminder.yaml"
+    raw = yaml.safe_load(path.read_text())
+    raw["stage"] = "checkup_overdue"
+    path.write_text(yaml.safe_dump(raw))
+
+    result = _run(project.config, "checkup_reminder", "--as-of", "2024-02-15")
+
+    assert result.exit_code == 1
+    assert "stage 'checkup_overdue' not found" in result.stderr
