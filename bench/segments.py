@@ -2,8 +2,10 @@
 
 Usage: .venv/bin/python bench/segments.py [--profiles 1000000] [--big]
        [--events 10000000] [--as-of 2024-06-15] [--rounds 3] [--json]
+       [--threads 2] [--memory-limit 2GB] [--reuse]
 
-``--big`` sets ``--profiles 10000000``. The script:
+``--big`` sets ``--profiles 10000000``; ``--reuse`` keeps Parquet files
+of the same sizes from an earlier run. The script:
 
 1. generates profiles and events with DuckDB (deterministic: every value
    is a hash of the row number) and writes them as Parquet under
