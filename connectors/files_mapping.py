@@ -24,11 +24,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-import yaml
+
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from carepost.core.errors import CarepostError
 from carepost.core.schema import EVENT_COLUMNS, PROFILE_COLUMNS
+from carepost.core.yamlio import YamlFileError, load_yaml_file
 
 __all__ = [
     "ColumnExpr", "ColumnRule", "ExportMapping", "MappingError", "Rule", "load_mapping",
@@ -112,11 +113,11 @@ class ExportMapping(BaseModel):
 def load_mapping(path: Path) -> ExportMapping:
     """Read and validate a mapping file; the error names the file and key."""
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = load_yaml_file(path).data or {}
     except FileNotFoundError:
         raise MappingError(f"mapping file {path} not found", hint="check mapping:") from None
-    except yaml.YAMLError as error:
-        raise MappingError(f"{path}: not valid YAML ({type(error).__name__})") from None
+    except YamlFileError as error:
+        raise MappingError(error.message, hint=error.hint) from None
     try:
         return ExportMapping.model_validate(raw)
     except ValidationError as error:

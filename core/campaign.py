@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -29,6 +28,7 @@ from pydantic import (
 
 from carepost.core.errors import ConfigError
 from carepost.core.states import Purpose
+from carepost.core.yamlio import describe_validation_error, load_yaml_file
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _DURATION = re.compile(r"^(\d+)\s*(m|h|d)$")
@@ -57,9 +57,30 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+_CRON_FIELDS = ("minute (0-59), hour (0-23), day of month (1-31), "
+                "month (1-12) and day of week (0-6, 0 is Sunday)")
+
+
 class Schedule(_Strict):
     cron: str
     timezone: str
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        # Prefect's own model, so every expression accepted here is one that
+        # ``carepost serve`` can schedule. Importing Prefect takes about a
+        # second, which is why it happens here and not at module level.
+        from prefect.client.schemas.schedules import CronSchedule
+
+        try:
+            CronSchedule(cron=value)
+        except ValidationError:
+            raise ValueError(
+                f"{value!r} is not a valid cron expression; expected five "
+                f"fields: {_CRON_FIELDS}, for example '0 9 * * 1' for "
+                "Mondays at 09:00") from None
+        return value
 
     @field_validator("timezone")
     @classmethod
@@ -166,6 +187,16 @@ class Campaign(_Strict):
     reentry_days: int | None = Field(default=None, ge=1)
     goal: Goal | None = None
 
+    @field_validator("purpose", mode="before")
+    @classmethod
+    def _known_purpose(cls, value: object) -> object:
+        if value not in tuple(Purpose):
+            raise ValueError(
+                f"unknown purpose {value!r}; expected 'marketing' (needs "
+                "marketing consent) or 'care' (appointment and refill "
+                "reminders, needs contact consent only)")
+        return value
+
     @model_validator(mode="after")
     def _one_way_to_run(self) -> Campaign:
         if self.trigger is not None and self.schedule is not None:
@@ -191,10 +222,8 @@ def load_campaign(path: Path) -> Campaign:
             f"{path}: campaign file name {name!r} is not a valid name",
             hint="use lower-case letters, digits and underscores",
         )
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    document = load_yaml_file(path)
+    raw = document.data or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     declared = raw.setdefault("name", name)
@@ -206,10 +235,7 @@ def load_campaign(path: Path) -> Campaign:
     try:
         return Campaign.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()
-        )
-        raise ConfigError(f"{path}: invalid campaign: {problems}") from None
+        raise ConfigError(describe_validation_error(exc, document, "campaign")) from None
 
 
 def load_campaigns(folder: Path) -> dict[str, Campaign]:

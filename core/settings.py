@@ -66,7 +66,8 @@ def _email_address(value: str) -> str:
         result = validate_email(value, check_deliverability=False,
                                 test_environment=reserved)
     except EmailNotValidError as exc:
-        raise ValueError(f"{value!r} is not a valid email address: {exc}; "
+        reason = str(exc).rstrip(".")
+        raise ValueError(f"{value!r} is not a valid email address: {reason}; "
                          "expected an address such as care@clinic.example.org") from None
     return result.normalized
 

@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr
 
 from carepost.core.errors import ConfigError
 
@@ -31,16 +31,29 @@ def require_tls_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.username or parts.password:
         raise ValueError("a URL must not carry credentials; name an environment variable")
+    host = parts.hostname or ""
+    if parts.scheme in ("https", "http") and not host:
+        raise ValueError(f"{url!r} has no host name; write it as https://host/path")
     if parts.scheme == "https":
         return url
-    host = parts.hostname or ""
     try:
         loopback = host in LOOPBACK_HOSTS or ip_address(host).is_loopback
     except ValueError:
         loopback = False
     if parts.scheme == "http" and loopback:
         return url
-    raise ValueError(f"{url!r} is not an https URL (http is allowed only on loopback)")
+    raise ValueError(f"{url!r} is not an https URL; change it to https:// "
+                     "(http is allowed only on a loopback host such as 127.0.0.1)")
+
+
+def require_time_zone(name: str) -> str:
+    """Return ``name`` if it is a known IANA time zone; raise otherwise."""
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown IANA time zone {name!r}; use a name such as "
+                         "'America/Chicago' or 'UTC'") from None
+    return name
 
 
 def read_secret(env_name: str, what: str) -> SecretStr:
@@ -56,6 +69,8 @@ def read_secret(env_name: str, what: str) -> SecretStr:
 
 # A URL that reaches a server only over TLS (see require_tls_url).
 TlsUrl = Annotated[str, AfterValidator(require_tls_url)]
+# An IANA time zone name that this machine's tz database contains.
+TimeZoneName = Annotated[str, AfterValidator(require_time_zone)]
 
 
 class FileSource(_Strict):
@@ -73,17 +88,8 @@ class FileSource(_Strict):
     events: str | None = None
     mapping: str | None = None
     encoding: Literal["utf-8", "latin-1"] = "utf-8"
-    timezone: str = "UTC"
+    timezone: TimeZoneName = "UTC"
     full: bool = False
-
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown IANA time zone {value!r}") from None
-        return value
 
 
 class SmartAuth(_Strict):
