@@ -46,15 +46,38 @@ def _fail(exc: CarepostError) -> None:
 
 
 @app.command()
-def campaigns(config: ConfigOption = Path(CONFIG_FILE)) -> None:
+def campaigns(
+    config: ConfigOption = Path(CONFIG_FILE),
+    check: Annotated[bool, typer.Option(
+        "--check", help="Check each campaign's segment, stage, template and "
+        "purpose; print one line per problem and exit 1 if there is any.")] = False,
+) -> None:
     """Print the configured campaign names, one per line."""
     settings = _settings(config)
+    if check:
+        _check_campaigns(settings)
+        return
     try:
         names = load_campaigns(settings.path(settings.campaigns_dir))
     except CarepostError as exc:
         _fail(exc)
     for name in names:
         typer.echo(name)
+
+
+def _check_campaigns(settings: Settings) -> None:
+    from carepost.flows.campaign_check import check_campaigns
+
+    try:
+        result = check_campaigns(settings)
+    except CarepostError as exc:
+        _fail(exc)
+    for problem in result.problems:
+        typer.echo(str(problem))
+    errors.print(f"checked {len(result.files)} campaigns: "
+                 f"{len(result.problems)} problems")
+    if result.problems:
+        raise typer.Exit(1)
 
 
 @app.command()

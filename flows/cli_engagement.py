@@ -18,7 +18,8 @@ if TYPE_CHECKING:
     from carepost.flows.report import Report
 
 console = Console()
-errors = Console(stderr=True)
+# Errors are not wrapped, so a message stays one line that grep finds.
+errors = Console(stderr=True, soft_wrap=True)
 
 ConfigOption = Annotated[Path, typer.Option(
     "--config", envvar="CAREPOST_CONFIG", help="Project configuration file.")]
@@ -86,11 +87,23 @@ def report(
     except CarepostError as exc:
         _fail(exc)
     if html_file is not None:
-        html_file.write_text(html_report(result), encoding="utf-8")
+        try:
+            html_file.write_text(html_report(result), encoding="utf-8")
+        except OSError as exc:
+            _fail(ConfigError(f"cannot write {html_file}: {exc.strerror or exc}",
+                              hint=_write_hint(exc, html_file)))
     if as_json:
         typer.echo(json.dumps(export(result)))
     else:
         _print_table(result)
+
+
+def _write_hint(exc: OSError, path: Path) -> str:
+    if isinstance(exc, FileNotFoundError):
+        return f"create the folder {path.parent} or choose another --html path"
+    if isinstance(exc, IsADirectoryError):
+        return "give a file name such as report.html, not a folder"
+    return "choose another --html path"
 
 
 def feedback(
