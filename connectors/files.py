@@ -77,7 +77,7 @@ CHUNK_BYTES = 8 * 1024 * 1024
 
 # Plain words for the errors DuckDB's CSV reader stores in its rejects table.
 CSV_ERROR_WORDS = {
-    "INVALID ENCODING": "not valid UTF-8",
+    "INVALID ENCODING": "not valid UTF-8 (for a Latin-1 file set encoding: latin-1 on the source)",
     "TOO MANY COLUMNS": "too many columns",
     "MISSING COLUMNS": "missing columns",
     "UNQUOTED VALUE": "quote character inside an unquoted value",

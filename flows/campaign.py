@@ -57,16 +57,27 @@ def _sanitised(where: str, exc: BaseException) -> CarepostError:
 
 @task(name="sync-source", persist_result=False, cache_policy=NO_CACHE)
 async def sync_source(run_token: str) -> dict[str, int]:
-    """Sync every configured source, incrementally; return rows per source."""
+    """Sync every configured source, incrementally; return quarantined rows per source."""
     run = _RUNS[run_token]
-    loaded: dict[str, int] = {}
+    logger = get_run_logger()
+    quarantined: dict[str, int] = {}
     for name in run.settings.named_sources():
         try:
             summary = await sync_named_source(run.settings, run.warehouse, name)
         except Exception as exc:
             raise _sanitised(f"syncing source {name}", exc) from None
-        loaded[name] = summary.profiles + summary.events
-    return loaded
+        logger.info("source %s: %d profiles and %d events loaded", name,
+                    summary.profiles, summary.events)
+        quarantined[name] = summary.quarantined
+        if summary.quarantined:
+            # Reasons name columns and row numbers, never values.
+            logger.warning(
+                "source %s: %d records quarantined (%s); run 'carepost sync %s' "
+                "for the summary, the rows are in the warehouse's quarantine table",
+                name, summary.quarantined,
+                ", ".join(f"{reason}: {count}" for reason, count
+                          in sorted(summary.quarantine_reasons.items())), name)
+    return quarantined
 
 
 @task(name="select-segment", persist_result=False, cache_policy=NO_CACHE)
@@ -189,8 +200,7 @@ async def campaign_flow(campaign: str, run_date: str,
                                 datetime.fromisoformat(scheduled_for))
         _RUNS[token] = run
         try:
-            loaded = await sync_source(token)
-            logger.info("loaded %s", loaded)
+            quarantined = await sync_source(token)
             profile_ids = select_segment(token)
             logger.info("segment %s selected %d profiles", spec.segment,
                         len(profile_ids))
@@ -211,6 +221,7 @@ async def campaign_flow(campaign: str, run_date: str,
                                "segment_size": len(profile_ids)}
     summary.update({state: counts.get(state, 0) for state in SUMMARY_STATES})
     summary["events_pushed"] = pushed
+    summary["quarantined"] = sum(quarantined.values())
     summary["elapsed_seconds"] = round(time.monotonic() - started, 2)
     logger.info("campaign %s run %s: %s", campaign, day, summary)
     return summary

@@ -171,6 +171,7 @@ _ROWS = {
     "deferred": "deferred (4xx)",
     "already_done": "already sent",
     "ambiguous": "outcome unknown",
+    "quarantined": "quarantined",
     "elapsed_seconds": "seconds",
 }
 
@@ -179,7 +180,7 @@ def print_summaries(summaries: list[dict[str, Any]]) -> None:
     """Print one column per campaign run, so the table fits 80 columns."""
     dates = sorted({summary["run_date"] for summary in summaries})
     table = Table(title=f"Campaign runs as of {', '.join(dates)}")
-    table.add_column("")
+    table.add_column("", no_wrap=True)
     for summary in summaries:
         table.add_column(summary["campaign"], justify="right", no_wrap=True)
     for key, label in _ROWS.items():
@@ -189,7 +190,8 @@ def print_summaries(summaries: list[dict[str, Any]]) -> None:
         "dropped: no TLS = the server offered no verified TLS 1.2+; "
         "suppressed = skipped by a send-time check (consent, deceased, "
         "suppression list, frequency cap); outcome unknown = no reply after "
-        "DATA, left in the ledger as 'sending' and not resent.")
+        "DATA, left in the ledger as 'sending' and not resent; quarantined = "
+        "source rows set aside as malformed (see carepost sync).")
 
 
 # Command groups, one module each: ``carepost segments ...`` and so on.

@@ -54,7 +54,7 @@ def test_csv_with_bom_crlf_latin1_and_newlines(conn, tmp_path) -> None:
     assert emails["p1"] == "ana@example.org"  # no CR left from the CRLF line end
     assert quarantine_rows(conn, path) == {
         2: "first_name: contains CR or LF",
-        3: "first_name: not valid UTF-8",
+        3: "first_name: not valid UTF-8 (for a Latin-1 file set encoding: latin-1 on the source)",
     }
 
 
