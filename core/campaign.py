@@ -71,6 +71,8 @@ class Schedule(_Strict):
         # Prefect's own model, so every expression accepted here is one that
         # ``carepost serve`` can schedule. Importing Prefect takes about a
         # second, which is why it happens here and not at module level.
+        # NOTE: an expression naming no real date, such as '0 9 30 2 *',
+        # passes this check and never runs.
         from prefect.client.schemas.schedules import CronSchedule
 
         try:
