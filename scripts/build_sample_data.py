@@ -21,6 +21,7 @@ message can reach a real mailbox.
 from __future__ import annotations
 
 import hashlib
+import re
 import json
 import sys
 from datetime import date
@@ -106,6 +107,15 @@ def synthetic_email(profile_id: str) -> str:
     return f"patient-{hex_digits}@{EMAIL_DOMAIN}"
 
 
+def without_number_suffix(name: str) -> str:
+    """Drop the digits Synthea appends to every name ("Treva754" -> "Treva").
+
+    Synthea adds them to keep generated names unique; a patient would read
+    "Hi Treva754" as a bug. Apostrophes and accents are kept.
+    """
+    return re.sub(r"\d+$", "", name)
+
+
 def build_profiles(patients: pd.DataFrame, conditions: pd.DataFrame) -> pd.DataFrame:
     ids = patients["Id"]
     conditions_by_patient = active_conditions(conditions)
@@ -116,8 +126,8 @@ def build_profiles(patients: pd.DataFrame, conditions: pd.DataFrame) -> pd.DataF
     profiles = pd.DataFrame({
         "profile_id": ids,
         "email": ids.map(synthetic_email),
-        "first_name": patients["FIRST"],
-        "last_name": patients["LAST"],
+        "first_name": patients["FIRST"].map(without_number_suffix),
+        "last_name": patients["LAST"].map(without_number_suffix),
         "birth_date": patients["BIRTHDATE"],
         "sex": patients["GENDER"].map({"F": "female", "M": "male"}),
         "postal_code": patients["ZIP"],
