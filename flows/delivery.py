@@ -45,6 +45,7 @@ from carepost.ledger import (
     hash_address,
     outbox_event,
 )
+from carepost.ledger.ledger import Claim, ClaimRequest
 from carepost.templates import (
     Envelope,
     HeaderInjectionError,
@@ -182,21 +183,34 @@ def _settle(run: RunContext, recipient: Recipient, delivery_id: int,
     return str(result.state)
 
 
-async def deliver_one(run: RunContext, recipient: Recipient) -> str:
+def claim_request(run: RunContext, recipient: Recipient) -> ClaimRequest:
+    """Build the ledger claim of this recipient's delivery in this run."""
+    address_hash = (hash_address(run.address_key, recipient.address.reveal())
+                    if recipient.address is not None else None)
+    return ClaimRequest(
+        campaign=run.campaign.name, run_key=run.run_key,
+        profile_id=recipient.profile_id, purpose=run.campaign.purpose,
+        fields={"template": run.template.name,
+                "template_version": run.template.version,
+                "message_id": _message_id(run, recipient.profile_id),
+                "address_hash": address_hash})
+
+
+async def deliver_one(run: RunContext, recipient: Recipient,
+                      claim: Claim | None = None) -> str:
     """Take one recipient through every step and return the state it reached.
 
     Besides delivery states, ``already_done`` means an earlier execution
     settled this delivery and ``ambiguous`` that its outcome is unknown.
+    ``claim`` is passed by callers that claimed a group of rows in one
+    transaction (``Ledger.claim_many`` of ``claim_request``); without it
+    this function claims the row itself.
     """
-    address_hash = (hash_address(run.address_key, recipient.address.reveal())
-                    if recipient.address is not None else None)
-    message_id = _message_id(run, recipient.profile_id)
-    claim = run.ledger.claim(
-        campaign=run.campaign.name, run_key=run.run_key,
-        profile_id=recipient.profile_id, purpose=run.campaign.purpose,
-        template=run.template.name, template_version=run.template.version,
-        message_id=message_id, address_hash=address_hash,
-    )
+    request = claim_request(run, recipient)
+    address_hash = request.fields["address_hash"]
+    message_id = request.fields["message_id"]
+    if claim is None:
+        [claim] = run.ledger.claim_many([request])
     if claim.status is ClaimStatus.DONE:
         return "already_done"
     if claim.status is ClaimStatus.AMBIGUOUS:
@@ -330,7 +344,11 @@ async def deliver_batch(run: RunContext, profile_ids: list[str]) -> Counter[str]
     missing = len(profile_ids) - len(recipients)
     if missing:
         log.warning("%d profile ids of the batch are not in the warehouse", missing)
-    states = await asyncio.gather(*(deliver_one(run, r) for r in recipients))
+    # One transaction claims the whole batch; each row still moves to
+    # ``sending`` on its own just before its SMTP transaction.
+    claims = run.ledger.claim_many([claim_request(run, r) for r in recipients])
+    states = await asyncio.gather(*(deliver_one(run, recipient, claim)
+                                    for recipient, claim in zip(recipients, claims)))
     if run.audit is not None:
         outcomes = dict(zip((r.profile_id for r in recipients), states))
         record_batch(run.audit, run.ledger, campaign=run.campaign.name,

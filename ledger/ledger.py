@@ -20,13 +20,16 @@ import hmac
 import json
 import logging
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Iterable
 
-from sqlalchemy import event, func, update
+from sqlalchemy import Table, event, func, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.sql.dml import Insert
 from sqlmodel import Session, SQLModel, create_engine, select
 
 from carepost.core.states import DeliveryState, Purpose
@@ -65,6 +68,17 @@ class Claim:
 
 
 @dataclass(frozen=True)
+class ClaimRequest:
+    """One delivery to claim: its key, its purpose and the row's other columns."""
+
+    campaign: str
+    run_key: str
+    profile_id: str
+    purpose: Purpose
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Settlement:
     state: DeliveryState
     reason: str | None = None
@@ -89,30 +103,49 @@ class Ledger:
     def claim(self, *, campaign: str, run_key: str, profile_id: str,
               purpose: Purpose, **fields: Any) -> Claim:
         """Insert the delivery row as ``queued``, or report the existing one."""
-        key = delivery_key(campaign, run_key, profile_id)
-        row = Delivery(idempotency_key=key, campaign=campaign, run_key=run_key,
-                       profile_id=profile_id, purpose=purpose.value,
-                       state=DeliveryState.QUEUED, **fields)
-        with Session(self.engine, expire_on_commit=False) as session:
-            session.add(row)
-            try:
-                session.commit()
-                return Claim(ClaimStatus.CLAIMED, row.id)
-            except IntegrityError:
-                session.rollback()
-        return self._existing_claim(key)
+        [claim] = self.claim_many([ClaimRequest(campaign, run_key, profile_id,
+                                                purpose, fields)])
+        return claim
 
-    def _existing_claim(self, key: str) -> Claim:
-        with Session(self.engine, expire_on_commit=False) as session:
-            row = session.exec(
-                select(Delivery).where(Delivery.idempotency_key == key)
-            ).one()
-        state = DeliveryState(row.state)
-        if state is DeliveryState.SENDING:
-            return Claim(ClaimStatus.AMBIGUOUS, row.id)
-        if state in _RETRYABLE:
-            return Claim(ClaimStatus.CLAIMED, row.id)
-        return Claim(ClaimStatus.DONE, row.id)
+    def claim_many(self, requests: Sequence[ClaimRequest]) -> list[Claim]:
+        """Claim several deliveries in one transaction; return claims in order.
+
+        New keys are inserted as ``queued`` and existing keys are left as
+        they are. Each key's row is then read back in the same transaction
+        and reported as ``claim`` reports it.
+        """
+        if not requests:
+            return []
+        table: Table = Delivery.__table__
+        now = utc_now()
+        blank = {column.name: None for column in table.columns if column.name != "id"}
+        keys = [delivery_key(r.campaign, r.run_key, r.profile_id) for r in requests]
+        rows = [{**blank, "idempotency_key": key, "campaign": r.campaign,
+                 "run_key": r.run_key, "profile_id": r.profile_id,
+                 "purpose": r.purpose.value, "state": DeliveryState.QUEUED.value,
+                 "attempts": 0, "created_at": now, "updated_at": now, **r.fields}
+                for key, r in zip(keys, requests)]
+        with self.engine.begin() as connection:
+            # The write comes first: a SQLite transaction that read before
+            # writing fails at once when another process wrote in between.
+            connection.execute(self._insert_new(table, "idempotency_key"), rows)
+            found = {key: (delivery_id, state) for key, delivery_id, state in
+                     connection.execute(
+                         select(table.c.idempotency_key, table.c.id, table.c.state)
+                         .where(table.c.idempotency_key.in_(keys)))}
+        return [_claim_for(*found[key]) for key in keys]
+
+    def _insert_new(self, table: Table, key_column: str) -> Insert:
+        """Return an INSERT that skips rows whose ``key_column`` exists."""
+        dialect = self.engine.dialect.name
+        if dialect == "sqlite":
+            return sqlite.insert(table).on_conflict_do_nothing(
+                index_elements=[key_column])
+        if dialect == "postgresql":
+            return postgresql.insert(table).on_conflict_do_nothing(
+                index_elements=[key_column])
+        raise ValueError(f"the ledger supports sqlite and postgresql URLs, "
+                         f"not {dialect}; set ledger_url to one of them")
 
     def begin_send(self, delivery_id: int, **fields: Any) -> bool:
         """Move a claimed row to ``sending``; False if another run got it first."""
@@ -122,28 +155,27 @@ class Ledger:
             .values(state=DeliveryState.SENDING, attempts=Delivery.attempts + 1,
                     updated_at=utc_now(), **fields)
         )
-        with Session(self.engine, expire_on_commit=False) as session:
-            moved = session.exec(statement).rowcount
-            session.commit()
+        with self.engine.begin() as connection:
+            moved = connection.execute(statement).rowcount
         return moved == 1
 
     def settle(self, delivery_id: int, result: Settlement,
                events: Iterable[OutboxEvent] = ()) -> None:
         """Record the final (or deferred) state and queue its CDP events."""
-        with Session(self.engine, expire_on_commit=False) as session:
-            row = session.get(Delivery, delivery_id)
-            row.state = result.state
-            row.reason = result.reason
-            row.smtp_code = result.smtp_code
-            row.tls_version = result.tls_version
-            row.tls_cipher = result.tls_cipher
-            row.cert_sha256 = result.cert_sha256
-            row.updated_at = utc_now()
-            session.add(row)
-            for queued in events:
-                if session.get(OutboxEvent, queued.event_id) is None:
-                    session.add(OutboxEvent.model_validate(queued.model_dump()))
-            session.commit()
+        statement = (
+            update(Delivery)
+            .where(Delivery.id == delivery_id)
+            .values(state=result.state.value, reason=result.reason,
+                    smtp_code=result.smtp_code, tls_version=result.tls_version,
+                    tls_cipher=result.tls_cipher, cert_sha256=result.cert_sha256,
+                    updated_at=utc_now())
+        )
+        event_rows = [queued.model_dump() for queued in events]
+        with self.engine.begin() as connection:
+            connection.execute(statement)
+            if event_rows:
+                connection.execute(
+                    self._insert_new(OutboxEvent.__table__, "event_id"), event_rows)
 
     # -- send-time checks ---------------------------------------------------
 
@@ -229,6 +261,15 @@ class Ledger:
             query = query.where(Delivery.campaign == campaign)
         with Session(self.engine, expire_on_commit=False) as session:
             return list(session.exec(query))
+
+
+def _claim_for(delivery_id: int, state: str) -> Claim:
+    found = DeliveryState(state)
+    if found is DeliveryState.SENDING:
+        return Claim(ClaimStatus.AMBIGUOUS, delivery_id)
+    if found in _RETRYABLE:
+        return Claim(ClaimStatus.CLAIMED, delivery_id)
+    return Claim(ClaimStatus.DONE, delivery_id)
 
 
 def outbox_event(event_type: str, *, delivery_id: int, campaign: str,
