@@ -18,6 +18,14 @@ One pass does three things:
    that check finds the prescription still unfilled it queues
    ``prescription_unfilled_escalated`` in the CDP outbox.
 
+A pass claims the ledger rows of all its deliveries in one transaction,
+sends up to ``SENDS_IN_FLIGHT`` at once over the caller's TLS connection
+pool, finishes the pending rows in one transaction, and appends one
+``delivery.batch`` audit entry per campaign (``flows/behaviour_audit.py``).
+Each delivery still moves to ``sending`` in its own committed
+transaction just before its SMTP transaction, and is settled with its
+CDP event in one more.
+
 ``BehaviourEngine.run_pass`` is plain async code: ``carepost serve`` calls
 it when a webhook arrives, and the Prefect flow wraps it for periodic
 passes. A pass may overlap another in a second process: the ledger's
@@ -34,8 +42,7 @@ import json
 import logging
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from datetime import UTC, datetime, timedelta
 
 import duckdb
 from prefect import flow
@@ -43,13 +50,16 @@ from prefect import flow
 from carepost.connectors.smtp import TlsSender
 from carepost.core.campaign import Campaign, load_campaigns
 from carepost.core.phi import PHI
-from carepost.core.schema import create_tables
 from carepost.core.settings import Settings, load_settings
 from carepost.core.states import DeliveryState
-from carepost.flows.context import Recipient, load_recipients
-from carepost.flows.delivery import RunContext, deliver_one
+from carepost.flows.behaviour_audit import PassItem, record_pass
+from carepost.flows.behaviour_snapshot import Snapshot, read_snapshot, run_date
+from carepost.flows.behaviour_warehouse import WarehouseHandle
+from carepost.flows.context import Recipient
+from carepost.flows.delivery import RunContext, claim_request, deliver_one
 from carepost.flows.schedule import SendHold
-from carepost.ledger import Ledger, OutboxEvent, Settlement
+from carepost.ledger import AuditError, AuditLog, Ledger, OutboxEvent, Settlement
+from carepost.ledger.ledger import Claim
 from carepost.ledger.inbox import (
     Inbox,
     InboxEvent,
@@ -88,13 +98,38 @@ def _matches(campaign: Campaign, event: InboxEvent) -> bool:
                for name, value in trigger.where.items())
 
 
-class BehaviourEngine:
-    """Plans and sends triggered emails for one project (see module doc)."""
+@dataclass(frozen=True)
+class _Ready:
+    """A due send that passed every pass-level check and goes to delivery."""
 
-    def __init__(self, settings: Settings) -> None:
+    send: PendingSend
+    campaign: Campaign
+    run: RunContext
+    recipient: Recipient
+
+
+@dataclass(frozen=True)
+class _PassKeys:
+    """Secrets read once per pass rather than from the key files per send."""
+
+    address_key: bytes
+    token_keys: dict[str, bytes]
+
+
+class BehaviourEngine:
+    """Plans and sends triggered emails for one project (see module doc).
+
+    ``keep_warehouse_open`` keeps the DuckDB connection between passes
+    until ``release_warehouse`` (``carepost serve``'s dispatcher does so).
+    """
+
+    def __init__(self, settings: Settings, *, keep_warehouse_open: bool = False) -> None:
         self.settings = settings
         self.ledger = Ledger(settings.ledger_url)
         self.inbox = Inbox(self.ledger.engine)
+        self.audit = AuditLog(settings.ledger_url)
+        self.warehouse = WarehouseHandle(settings.warehouse_path,
+                                         keep_open=keep_warehouse_open)
         self._templates: TemplateLibrary | None = None
         self.campaigns: dict[str, Campaign] = {}
         self.reload()
@@ -105,7 +140,13 @@ class BehaviourEngine:
         self._templates = TemplateLibrary(
             self.settings.path(self.settings.templates_dir), self.settings.practice)
 
+    def release_warehouse(self) -> None:
+        """Close a warehouse connection kept open between passes."""
+        self.warehouse.release()
+
     def close(self) -> None:
+        self.warehouse.release()
+        self.audit.close()
         self.ledger.close()
 
     # -- plan ------------------------------------------------------------------
@@ -153,63 +194,56 @@ class BehaviourEngine:
         if not due:
             return counts
         try:
-            warehouse = duckdb.connect(str(self.settings.warehouse_path))
+            warehouse = self.warehouse.connect()
         except duckdb.IOException as exc:
             log.warning("warehouse busy (%s); %d due sends wait for the next pass",
                         type(exc).__name__, len(due))
             return counts + Counter(waiting=len(due))
         try:
-            create_tables(warehouse)
-            snapshot = self._snapshot(warehouse, due, now)
+            snapshot = read_snapshot(warehouse, self.inbox, self.campaigns.values(),
+                                     due, now)
             if sender is None:
                 smtp = self.settings.smtp
                 async with TlsSender(smtp, password=smtp.password()) as own:
-                    outcomes = await self._work_all(due, now, snapshot, own)
+                    items = await self._work_all(due, now, snapshot, own)
             else:
-                outcomes = await self._work_all(due, now, snapshot, sender)
+                items = await self._work_all(due, now, snapshot, sender)
         finally:
-            warehouse.close()
-        counts.update(outcomes)
+            self.warehouse.pass_finished()
+        counts.update(item.outcome for item in items.values())
+        self._record_audit(due, items)
         await self._push_outbox()
         return counts
 
     async def _work_all(self, due: list[PendingSend], now: datetime,
-                        snapshot: _Snapshot, sender: TlsSender) -> list[str]:
-        gate = asyncio.Semaphore(SENDS_IN_FLIGHT)
-
-        async def one(send: PendingSend) -> str:
-            async with gate:
-                return await self._work(send, now, snapshot, sender)
-
-        return await asyncio.gather(*(one(send) for send in due))
-
-    def _snapshot(self, warehouse: duckdb.DuckDBPyConnection,
-                  due: list[PendingSend], now: datetime) -> _Snapshot:
-        """Read the pass's recipients and cancel events in a few queries."""
-        by_date: dict[date, set[str]] = defaultdict(set)
+                        snapshot: Snapshot, sender: TlsSender
+                        ) -> dict[int, PassItem]:
+        """Work the due sends; return what happened to each, by pending id."""
+        sender.use_ledger(self.ledger.engine)
+        keys = _PassKeys(self.settings.address_hash_key, self.settings.tracking_keys)
+        items: dict[int, PassItem] = {}
+        ready: list[_Ready] = []
         for send in due:
-            by_date[_run_date(send, now)].add(send.profile_id)
-        recipients = {
-            (day, recipient.profile_id): recipient
-            for day, ids in by_date.items()
-            for recipient in load_recipients(warehouse, sorted(ids), day)
-        }
-        cancel_types = sorted({rule.event for campaign in self.campaigns.values()
-                               if campaign.trigger is not None
-                               for rule in campaign.trigger.cancel_if})
-        starts = [as_utc(send.event_at) for send in due if send.event_at is not None]
-        events = (_recent_events(warehouse, sorted({s.profile_id for s in due}),
-                                 cancel_types, min(starts))
-                  if cancel_types and starts else {})
-        return _Snapshot(warehouse, recipients, events)
+            decided = self._decide(send, now, snapshot)
+            if decided is not None:
+                items[send.id] = decided
+                continue
+            prepared = self._prepare(send, now, snapshot, sender, keys)
+            if isinstance(prepared, _Ready):
+                ready.append(prepared)
+            else:
+                items[send.id] = prepared
+        items.update(await self._deliver_all(ready, now))
+        return items
 
-    async def _work(self, send: PendingSend, now: datetime, snapshot: _Snapshot,
-                    sender: TlsSender) -> str:
+    def _decide(self, send: PendingSend, now: datetime,
+                snapshot: Snapshot) -> PassItem | None:
+        """Return the outcome of a send that is not delivered, or None."""
         campaign = self.campaigns.get(send.campaign)
         if campaign is None:
             self.inbox.finish(send.id, PendingState.CANCELLED,
                               "campaign no longer configured")
-            return "cancelled"
+            return PassItem(send.run_key, "cancelled")
         if now > as_utc(send.deadline):
             return self._expire(campaign, send)
         if send.kind != PendingKind.WINDOW:
@@ -218,12 +252,13 @@ class BehaviourEngine:
                 self.inbox.finish(send.id, PendingState.CANCELLED, reason)
                 log.info("%s for profile %s cancelled: %s", send.run_key,
                          send.profile_id, reason)
-                return "cancelled"
+                return PassItem(send.run_key, "cancelled")
         if send.kind == PendingKind.ESCALATION:
-            return self._escalate(campaign, send)
-        return await self._deliver(campaign, send, now, snapshot, sender)
+            return PassItem(send.run_key, self._escalate(campaign, send))
+        return None
 
-    def _expire(self, campaign: Campaign, send: PendingSend) -> str:
+    def _expire(self, campaign: Campaign, send: PendingSend) -> PassItem:
+        delivery_id = None
         if send.kind == PendingKind.WINDOW:
             claim = self.ledger.claim(campaign=campaign.name, run_key=send.run_key,
                                       profile_id=send.profile_id,
@@ -231,66 +266,94 @@ class BehaviourEngine:
             self.ledger.settle(claim.delivery_id, Settlement(
                 DeliveryState.SUPPRESSED, reason="expired: send_by passed while held "
                                                  "for the send window"))
+            delivery_id = claim.delivery_id
         self.inbox.finish(send.id, PendingState.EXPIRED, "send_by deadline passed")
         log.warning("%s %s for profile %s expired at its send_by deadline",
                     campaign.name, send.run_key, send.profile_id)
-        return "expired"
+        return PassItem(send.run_key, "expired", delivery_id)
 
     # -- re-checks at send time --------------------------------------------------------
 
     def _cancel_reason(self, campaign: Campaign, send: PendingSend,
-                       snapshot: _Snapshot) -> str | None:
+                       snapshot: Snapshot) -> str | None:
         trigger = campaign.trigger
         if trigger is None or send.event_at is None:
             return None
         key_value = (send.trigger_key or "").partition(":")[2]
         for rule in trigger.cancel_if:
             key = (trigger.key, key_value) if rule.match == "key" else None
-            found = self.inbox.has_event_after(
-                profile_id=send.profile_id, event_type=rule.event,
-                after=send.event_at, key=key)
-            if found or snapshot.has_event_after(send.profile_id, rule.event,
-                                                 as_utc(send.event_at), key):
+            if snapshot.has_event_after(send.profile_id, rule.event,
+                                        as_utc(send.event_at), key):
                 return f"{rule.event} after the trigger event"
         return None
 
     # -- delivery -------------------------------------------------------------
 
-    async def _deliver(self, campaign: Campaign, send: PendingSend, now: datetime,
-                       snapshot: _Snapshot, sender: TlsSender) -> str:
-        run = self._run_context(campaign, send, now, snapshot.warehouse, sender)
+    def _prepare(self, send: PendingSend, now: datetime, snapshot: Snapshot,
+                 sender: TlsSender, keys: _PassKeys) -> _Ready | PassItem:
+        """Build the send's run context, or wait for a profile not loaded yet."""
+        campaign = self.campaigns[send.campaign]
+        run = self._run_context(campaign, send, now, snapshot.warehouse, sender, keys)
         recipient = snapshot.recipients.get((run.run_date, send.profile_id))
         if recipient is None:
             self.inbox.reschedule(send.id, now + MISSING_PROFILE_RETRY,
                                   "profile not in the warehouse yet")
             log.warning("profile %s of %s is not in the warehouse; trying again "
                         "in %s", send.profile_id, send.run_key, MISSING_PROFILE_RETRY)
-            return "waiting"
-        recipient = self._with_trigger_time(campaign, send, recipient)
-        result = await deliver_one(run, recipient)
-        if result == "window_deferred":
-            return result  # the hold moved this row's due time
-        self.inbox.finish(send.id, PendingState.DONE, result)
-        log.info("%s %s for profile %s: %s", campaign.name, send.run_key,
-                 send.profile_id, result)
-        if result == "sent" and send.kind == PendingKind.TRIGGER:
-            self._follow_up(campaign, send, now)
-        return result
+            return PassItem(send.run_key, "waiting")
+        return _Ready(send, campaign, run,
+                      self._with_trigger_time(campaign, send, recipient))
+
+    async def _deliver_all(self, ready: list[_Ready], now: datetime
+                           ) -> dict[int, PassItem]:
+        """Claim every ready send in one transaction, then deliver them."""
+        claims = self.ledger.claim_many([claim_request(item.run, item.recipient)
+                                         for item in ready])
+        gate = asyncio.Semaphore(SENDS_IN_FLIGHT)
+
+        async def one(item: _Ready, claim: Claim) -> str:
+            async with gate:
+                return await deliver_one(item.run, item.recipient, claim)
+
+        results = await asyncio.gather(*(one(item, claim)
+                                         for item, claim in zip(ready, claims)),
+                                       return_exceptions=True)
+        items: dict[int, PassItem] = {}
+        finished: list[tuple[int, PendingState, str]] = []
+        for item, claim, result in zip(ready, claims, results):
+            send = item.send
+            if isinstance(result, BaseException):
+                # The type only: a driver's message could quote a value.
+                log.error("%s %s for profile %s failed with %s; it stays pending "
+                          "for the next pass", item.campaign.name, send.run_key,
+                          send.profile_id, type(result).__name__)
+                items[send.id] = PassItem(send.run_key, "failed", claim.delivery_id)
+                continue
+            items[send.id] = PassItem(send.run_key, result, claim.delivery_id)
+            log.info("%s %s for profile %s: %s", item.campaign.name, send.run_key,
+                     send.profile_id, result)
+            if result == "window_deferred":
+                continue  # the hold moved this row's due time
+            if result == "sent" and send.kind == PendingKind.TRIGGER:
+                # Before the finish: a crash in between re-works the send,
+                # which the ledger reports as already done.
+                self._follow_up(item.campaign, send, now)
+            finished.append((send.id, PendingState.DONE, result))
+        self.inbox.finish_many(finished)
+        return items
 
     def _run_context(self, campaign: Campaign, send: PendingSend, now: datetime,
-                     warehouse: duckdb.DuckDBPyConnection,
-                     sender: TlsSender) -> RunContext:
+                     warehouse: duckdb.DuckDBPyConnection, sender: TlsSender,
+                     keys: _PassKeys) -> RunContext:
         template = self._templates.get(campaign.template)
-        run_date = _run_date(send, now)
         hold = SendHold(inbox=self.inbox, window=campaign.send_window,
                         fallback_zone=self.settings.practice.timezone,
                         deadline=as_utc(send.deadline), clock=lambda: now)
         return RunContext(
             settings=self.settings, campaign=campaign, template=template,
-            run_key=send.run_key, run_date=run_date, ledger=self.ledger,
-            warehouse=warehouse, sender=sender,
-            address_key=self.settings.address_hash_key,
-            token_keys=self.settings.tracking_keys, hold=hold)
+            run_key=send.run_key, run_date=run_date(send, now), ledger=self.ledger,
+            warehouse=warehouse, sender=sender, address_key=keys.address_key,
+            token_keys=keys.token_keys, audit=self.audit, hold=hold)
 
     @staticmethod
     def _with_trigger_time(campaign: Campaign, send: PendingSend,
@@ -347,6 +410,22 @@ class BehaviourEngine:
                     send.trigger_key, send.profile_id, send.reminder, event_type)
         return "escalated"
 
+    # -- audit and CDP events ---------------------------------------------------
+
+    def _record_audit(self, due: list[PendingSend], items: dict[int, PassItem]) -> None:
+        """Append one ``delivery.batch`` entry per campaign the pass worked."""
+        by_campaign: dict[str, list[PassItem]] = defaultdict(list)
+        for send in due:
+            if send.id in items:
+                by_campaign[send.campaign].append(items[send.id])
+        for campaign, campaign_items in by_campaign.items():
+            try:
+                record_pass(self.audit, campaign, campaign_items)
+            except AuditError as exc:
+                # The sends are settled; the missing entry must be looked into.
+                log.error("audit entry of a behaviour pass for campaign %s not "
+                          "written: %s", campaign, exc)
+
     async def _push_outbox(self) -> None:
         from carepost.connectors.cdp_sinks import SinkError, build_sink
         from carepost.flows.feedback import push_outbox
@@ -358,51 +437,6 @@ class BehaviourEngine:
             log.warning("events not pushed, they stay in the outbox: %s", exc)
         finally:
             await sink.aclose()
-
-
-def _run_date(send: PendingSend, now: datetime) -> date:
-    """Return the run date: a held scheduled send keeps its own; a trigger
-    uses today's."""
-    return date.fromisoformat(send.run_key) if send.kind == PendingKind.WINDOW \
-        else now.date()
-
-
-EventRows = dict[tuple[str, str], list[tuple[datetime, dict[str, Any]]]]
-
-
-@dataclass
-class _Snapshot:
-    """Warehouse facts one pass needs, read once instead of once per send."""
-
-    warehouse: duckdb.DuckDBPyConnection
-    recipients: dict[tuple[date, str], Recipient]
-    events: EventRows
-
-    def has_event_after(self, profile_id: str, event_type: str, after: datetime,
-                        key: tuple[str, str] | None) -> bool:
-        for occurred_at, properties in self.events.get((profile_id, event_type), []):
-            if occurred_at <= after:
-                continue
-            if key is None or str(properties.get(key[0])) == key[1]:
-                return True
-        return False
-
-
-def _recent_events(warehouse: duckdb.DuckDBPyConnection, profile_ids: list[str],
-                   event_types: list[str], since: datetime) -> EventRows:
-    cursor = warehouse.cursor()
-    try:
-        rows = cursor.execute(
-            "SELECT profile_id, type, occurred_at, properties FROM events "
-            "WHERE profile_id IN (SELECT unnest(?)) AND type IN (SELECT unnest(?)) "
-            "AND occurred_at > ?", [profile_ids, event_types, since]).fetchall()
-    finally:
-        cursor.close()
-    found: EventRows = defaultdict(list)
-    for profile_id, event_type, occurred_at, properties in rows:
-        found[(profile_id, event_type)].append(
-            (as_utc(occurred_at), json.loads(properties) if properties else {}))
-    return found
 
 
 @flow(name="behaviour", flow_run_name="behaviour-{reason}", persist_result=False)

@@ -47,6 +47,10 @@ DEFAULT_POLL_SECONDS = 30.0
 # Prefect flow run (visible in the UI, slower: see docs/benchmarks.md).
 DISPATCH_MODES = ("direct", "flow")
 RUNNER_START_TIMEOUT_SECONDS = 60.0
+# The dispatcher keeps the warehouse open while webhooks keep arriving and
+# closes it after this long without a wake-up, so that ``carepost sync``
+# and scheduled runs can open the file (flows/behaviour_warehouse.py).
+WAREHOUSE_IDLE_SECONDS = 2.0
 
 
 class TriggerDispatcher:
@@ -102,7 +106,8 @@ class TriggerDispatcher:
 
         self._loop = asyncio.get_running_loop()
         self._wake_event = asyncio.Event()
-        engine = BehaviourEngine(self.settings)
+        engine = BehaviourEngine(self.settings,
+                                 keep_warehouse_open=self.dispatch == "direct")
         smtp = self.settings.smtp
         self._ready.set()
         try:
@@ -137,15 +142,27 @@ class TriggerDispatcher:
             log.info("behaviour pass in %.2f s: %s", time.monotonic() - started, worked)
 
     async def _sleep(self, engine: Any) -> None:
+        """Wait for a wake-up or the next due send, releasing an idle warehouse."""
         timeout = self.poll_seconds
         next_due = engine.inbox.next_due_at()
         if next_due is not None:
             until_due = (next_due - datetime.now(UTC)).total_seconds()
             timeout = min(timeout, max(until_due, 0.05))
+        if engine.warehouse.is_open:
+            idle = min(timeout, WAREHOUSE_IDLE_SECONDS)
+            if await self._wait_for_wake(idle):
+                return
+            engine.release_warehouse()
+            timeout -= idle
+        await self._wait_for_wake(timeout)
+
+    async def _wait_for_wake(self, timeout: float) -> bool:
+        """Return True when woken within ``timeout`` seconds."""
         try:
-            await asyncio.wait_for(self._wake_event.wait(), timeout)
+            await asyncio.wait_for(self._wake_event.wait(), max(timeout, 0.0))
         except TimeoutError:
-            pass
+            return False
+        return True
 
 
 class _Server(uvicorn.Server):

@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Column, String, UniqueConstraint, func, update
+from sqlalchemy import Column, String, UniqueConstraint, bindparam, func, insert, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel, select
@@ -150,19 +150,20 @@ class Inbox:
 
     def accept(self, incoming: IncomingEvent) -> bool:
         """Store and commit an event; False when its id was seen before."""
-        row = InboxEvent(
-            event_id=incoming.event_id, source=incoming.source, type=incoming.type,
-            profile_id=incoming.profile_id, occurred_at=as_utc(incoming.occurred_at),
-            properties=json.dumps(kept_properties(incoming.properties),
-                                  sort_keys=True),
-        )
-        with self._session() as session:
-            session.add(row)
-            try:
-                session.commit()
-            except IntegrityError:
-                session.rollback()
-                return False
+        row = {
+            "event_id": incoming.event_id, "source": incoming.source,
+            "type": incoming.type, "profile_id": incoming.profile_id,
+            "occurred_at": as_utc(incoming.occurred_at),
+            "properties": json.dumps(kept_properties(incoming.properties),
+                                     sort_keys=True),
+            "received_at": utc_now(), "planned_at": None,
+        }
+        # A Core INSERT: the webhook route runs this once per request.
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(insert(InboxEvent.__table__), row)
+        except IntegrityError:
+            return False
         return True
 
     def unplanned(self, limit: int = 500) -> list[InboxEvent]:
@@ -209,6 +210,26 @@ class Inbox:
         name, value = key
         return any(json.loads(raw).get(name) == value for raw in rows)
 
+    def events_after(self, *, profile_ids: Sequence[str], event_types: Sequence[str],
+                     after: datetime) -> list[tuple[str, str, datetime, dict[str, Any]]]:
+        """Return (profile id, type, time, properties) of matching events.
+
+        The behaviour pass reads the cancel events of all its due sends
+        with this one query instead of one ``has_event_after`` per send.
+        """
+        if not profile_ids or not event_types:
+            return []
+        table = InboxEvent.__table__
+        query = (select(table.c.profile_id, table.c.type, table.c.occurred_at,
+                        table.c.properties)
+                 .where(table.c.profile_id.in_(list(profile_ids)),
+                        table.c.type.in_(list(event_types)),
+                        table.c.occurred_at > as_utc(after)))
+        with self.engine.connect() as connection:
+            rows = connection.execute(query).all()
+        return [(profile_id, event_type, as_utc(occurred_at), json.loads(raw))
+                for profile_id, event_type, occurred_at, raw in rows]
+
     # -- pending sends --------------------------------------------------------
 
     def add_pending(self, send: PendingSend) -> bool:
@@ -240,6 +261,27 @@ class Inbox:
         """Settle a pending send once; False if another process settled it."""
         return self._update_pending(pending_id, state=state, outcome=outcome)
 
+    def finish_many(self, finished: Sequence[tuple[int, PendingState, str]]) -> None:
+        """Settle several pending sends in one transaction.
+
+        ``finished`` holds (id, state, outcome) triples. Like ``finish``,
+        each UPDATE only moves a row that is still ``pending``.
+        """
+        if not finished:
+            return
+        table = PendingSend.__table__
+        statement = (update(table)
+                     .where(table.c.id == bindparam("pending_id"),
+                            table.c.state == PendingState.PENDING.value)
+                     .values(state=bindparam("new_state"),
+                             outcome=bindparam("new_outcome"),
+                             updated_at=utc_now()))
+        with self.engine.begin() as connection:
+            connection.execute(statement, [
+                {"pending_id": pending_id, "new_state": state.value,
+                 "new_outcome": outcome}
+                for pending_id, state, outcome in finished])
+
     def reschedule(self, pending_id: int, due_at: datetime, outcome: str) -> bool:
         return self._update_pending(pending_id, due_at=as_utc(due_at),
                                     outcome=outcome)
@@ -263,9 +305,8 @@ class Inbox:
                      .where(PendingSend.id == pending_id,
                             PendingSend.state == PendingState.PENDING)
                      .values(updated_at=utc_now(), **values))
-        with self._session() as session:
-            moved = session.exec(statement).rowcount
-            session.commit()
+        with self.engine.begin() as connection:
+            moved = connection.execute(statement).rowcount
         return moved == 1
 
     def pending_rows(self, campaign: str | None = None) -> Sequence[PendingSend]:
