@@ -9,43 +9,30 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from carepost.core.campaign import load_campaigns
 from carepost.core.errors import CarepostError
-from carepost.core.settings import CONFIG_FILE, Settings, load_settings
+from carepost.core.settings import CONFIG_FILE, Settings
+from carepost.flows.cli_common import (
+    ConfigOption,
+    console,
+    errors,
+    fail as _fail,
+    JsonOption,
+    settings_or_exit as _settings,
+    VerboseOption,
+)
 
 # Locals in a traceback may hold PHI, so tracebacks never show them.
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   pretty_exceptions_show_locals=False,
                   help="carepost: CDP-to-email campaigns for healthcare.")
-console = Console()
-# Errors are not wrapped, so a message stays one greppable line.
-errors = Console(stderr=True, soft_wrap=True)
-
-ConfigOption = Annotated[Path, typer.Option(
-    "--config", envvar="CAREPOST_CONFIG",
-    help="Project configuration file.")]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
-VerboseOption = Annotated[bool, typer.Option("--verbose", "-v",
-                                             help="Log progress at INFO level.")]
-
-
-def _settings(config: Path) -> Settings:
-    try:
-        return load_settings(config)
-    except CarepostError as exc:
-        errors.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
-
-
-def _fail(exc: CarepostError) -> None:
-    errors.print(f"[red]error:[/red] {exc}")
-    raise typer.Exit(1) from None
 
 
 @app.command()
+
+
 def campaigns(
     config: ConfigOption = Path(CONFIG_FILE),
     check: Annotated[bool, typer.Option(
@@ -81,6 +68,8 @@ def _check_campaigns(settings: Settings) -> None:
 
 
 @app.command()
+
+
 def run(
     campaign: Annotated[str, typer.Argument(help="Campaign name (file name in campaigns/).")],
     as_of: Annotated[Optional[str], typer.Option(
@@ -113,6 +102,8 @@ def run(
 
 
 @app.command()
+
+
 def demo(as_json: JsonOption = False, verbose: VerboseOption = False,
          config: ConfigOption = Path(CONFIG_FILE)) -> None:
     """Run every shipped campaign against an embedded STARTTLS server."""

@@ -9,28 +9,23 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-
 from carepost.core.errors import CarepostError
-from carepost.core.settings import CONFIG_FILE, Settings, load_settings
+from carepost.core.settings import CONFIG_FILE
+from carepost.flows.cli_common import (
+    ConfigOption,
+    JsonOption,
+)
+from carepost.flows.cli_common import (
+    settings_or_exit as _settings,
+)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   pretty_exceptions_show_locals=False,
                   help="Verify or export the audit trail.")
 
-ConfigOption = Annotated[Path, typer.Option(
-    "--config", envvar="CAREPOST_CONFIG", help="Project configuration file.")]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
-
-
-def _settings(config: Path) -> Settings:
-    try:
-        return load_settings(config)
-    except CarepostError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-
-
 @app.command()
+
+
 def verify(config: ConfigOption = Path(CONFIG_FILE),
            as_json: JsonOption = False) -> None:
     """Check the hash chain; exit 1 naming every edited, deleted or moved entry."""
@@ -54,6 +49,8 @@ def verify(config: ConfigOption = Path(CONFIG_FILE),
 
 
 @app.command()
+
+
 def export(
     since: Annotated[str, typer.Option(
         "--since", help="First day to export, YYYY-MM-DD (UTC).")],

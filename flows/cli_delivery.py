@@ -24,9 +24,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
-
 from carepost.core.errors import CarepostError
-from carepost.core.settings import CONFIG_FILE, Settings, load_settings
+from carepost.core.settings import CONFIG_FILE, Settings
+from carepost.flows.cli_common import (
+    ConfigOption,
+    JsonOption,
+)
+from carepost.flows.cli_common import (
+    fail as _fail,
+)
+from carepost.flows.cli_common import (
+    settings_or_exit as _settings,
+)
 
 if TYPE_CHECKING:
     from carepost.connectors.mx import MxResolver
@@ -36,26 +45,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   pretty_exceptions_show_locals=False,
                   help="Report deliveries that need an operator.")
 
-ConfigOption = Annotated[Path, typer.Option(
-    "--config", envvar="CAREPOST_CONFIG", help="Project configuration file.")]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 CaOption = Annotated[Optional[Path], typer.Option(
     "--ca", help="PEM bundle of CAs to trust instead of the system store.")]
 
 MX_PORT = 25
-
-
-def _settings(config: Path) -> Settings:
-    try:
-        return load_settings(config)
-    except CarepostError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-
-
-def _fail(exc: CarepostError) -> None:
-    typer.echo(f"error: {exc}", err=True)
-    raise typer.Exit(1) from None
 
 
 def _split_target(target: str) -> tuple[str, int | None]:
@@ -213,6 +206,8 @@ def _audit_send_test(settings: Settings, result: dict[str, Any]) -> None:
 
 
 @app.command()
+
+
 def ambiguous(
     campaign: Annotated[Optional[str], typer.Option(
         "--campaign", help="Only this campaign's deliveries.")] = None,

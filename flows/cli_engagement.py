@@ -8,28 +8,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
-
 from carepost.core.errors import CarepostError, ConfigError
 from carepost.core.settings import CONFIG_FILE
+from carepost.flows.cli_common import (
+    ConfigOption,
+    JsonOption,
+    console,
+)
+from carepost.flows.cli_common import (
+    fail as _fail,
+)
+from rich.table import Table
 
 if TYPE_CHECKING:
     from carepost.flows.report import Report
-
-console = Console()
-# Errors are not wrapped, so a message stays one line that grep finds.
-errors = Console(stderr=True, soft_wrap=True)
-
-ConfigOption = Annotated[Path, typer.Option(
-    "--config", envvar="CAREPOST_CONFIG", help="Project configuration file.")]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
-
-
-def _fail(exc: CarepostError, code: int = 1) -> None:
-    errors.print(f"[red]error:[/red] {exc}")
-    raise typer.Exit(code) from None
-
 
 def _print_table(report: Report) -> None:
     from carepost.flows.report import COUNTS, RATES

@@ -18,8 +18,19 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from carepost.core.errors import CarepostError
-from carepost.core.settings import CONFIG_FILE, Settings, load_settings
-from rich.console import Console
+from carepost.core.settings import CONFIG_FILE, Settings
+from carepost.flows.cli_common import (
+    ConfigOption,
+    JsonOption,
+    console,
+    errors,
+)
+from carepost.flows.cli_common import (
+    fail as _fail,
+)
+from carepost.flows.cli_common import (
+    settings_or_exit as _settings,
+)
 from rich.table import Table
 from rich.text import Text
 
@@ -32,16 +43,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     help="Check, print and preview the segment specs in segments/library.",
 )
-console = Console()
-errors = Console(stderr=True, soft_wrap=True)
 
-ConfigOption = Annotated[
-    Path,
-    typer.Option(
-        "--config", envvar="CAREPOST_CONFIG", help="Project configuration file."
-    ),
-]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 NameArgument = Annotated[
     str, typer.Argument(help="Segment name (file name in the library).")
 ]
@@ -51,20 +53,9 @@ StageOption = Annotated[
 PHI_ACTION = "segment.preview_phi"
 
 
-def _settings(config: Path) -> Settings:
-    try:
-        return load_settings(config)
-    except CarepostError as exc:
-        errors.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
-        raise typer.Exit(2) from None
-
-
-def _fail(exc: CarepostError | str) -> None:
-    errors.print("error: " + str(exc), markup=False, highlight=False)
-    raise typer.Exit(1) from None
-
-
 @app.command()
+
+
 def validate(
     config: ConfigOption = Path(CONFIG_FILE), as_json: JsonOption = False
 ) -> None:
@@ -102,6 +93,8 @@ def _problems_json(loaded: Any) -> dict[str, Any]:
 
 
 @app.command()
+
+
 def sql(
     name: NameArgument,
     stage: StageOption = None,
@@ -126,6 +119,8 @@ def sql(
 
 
 @app.command()
+
+
 def preview(
     name: NameArgument,
     as_of: Annotated[
@@ -238,7 +233,6 @@ class _warehouse:
         import asyncio
 
         import duckdb
-
         from carepost.core.schema import create_tables
         from carepost.flows import prefect_runtime
 

@@ -17,10 +17,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
-from rich.console import Console
-
 from carepost.core.errors import CarepostError
-from carepost.core.settings import CONFIG_FILE, Settings, load_settings
+from carepost.core.settings import CONFIG_FILE, Settings
+from carepost.flows.cli_common import (
+    ConfigOption,
+    JsonOption,
+    console,
+    errors,
+)
+from carepost.flows.cli_common import (
+    fail as _fail,
+)
+from carepost.flows.cli_common import (
+    settings_or_exit as _settings,
+)
 
 if TYPE_CHECKING:
     from carepost.templates import MessageTemplate, RenderedContent
@@ -31,16 +41,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     help="Check, lint and preview the message templates in templates/library.",
 )
-console = Console()
-errors = Console(stderr=True, soft_wrap=True)
 
-ConfigOption = Annotated[
-    Path,
-    typer.Option(
-        "--config", envvar="CAREPOST_CONFIG", help="Project configuration file."
-    ),
-]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 SamplesOption = Annotated[
     Optional[Path],
     typer.Option(
@@ -49,19 +50,6 @@ SamplesOption = Annotated[
     ),
 ]
 PHI_ACTION = "template.preview_phi"
-
-
-def _settings(config: Path) -> Settings:
-    try:
-        return load_settings(config)
-    except CarepostError as exc:
-        errors.print(f"error: {exc}", markup=False, highlight=False)
-        raise typer.Exit(2) from None
-
-
-def _fail(exc: CarepostError | str) -> None:
-    errors.print("error: " + str(exc), markup=False, highlight=False)
-    raise typer.Exit(1) from None
 
 
 def _usage(message: str) -> None:
@@ -89,6 +77,8 @@ def _print_problems(problems: list[Problem], as_json: bool, summary: dict[str, A
 
 
 @app.command()
+
+
 def check(
     config: ConfigOption = Path(CONFIG_FILE),
     samples: SamplesOption = None,
@@ -117,13 +107,15 @@ def check(
 
 
 @app.command()
+
+
 def lint(
     config: ConfigOption = Path(CONFIG_FILE),
     samples: SamplesOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Fail when a subject, preheader, sender name or URL reveals health data."""
-    from carepost.templates.tooling import Problem, lint_library
+    from carepost.templates.tooling import lint_library
 
     settings = _settings(config)
     try:
@@ -148,6 +140,8 @@ def lint(
 
 
 @app.command()
+
+
 def preview(
     name: Annotated[str, typer.Argument(help="Template name (file name in the library).")],
     profile: Annotated[
@@ -220,7 +214,6 @@ def _render_real(
 ) -> RenderedContent:
     """Record the audit entry, then render the warehouse profile ``profile_id``."""
     import duckdb
-
     from carepost.flows.context import load_recipients
     from carepost.ledger.audit import AuditLog
     from carepost.templates.samples import PREVIEW_UNSUBSCRIBE_URL
