@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from .fhir_server import FhirServer
-from .http_servers import UvicornThread
+from tests.support.uvicorn_thread import UvicornThread
 
 CLIENT_ID = "carepost-test-client"
 KEY_ID = "carepost-test-key-1"

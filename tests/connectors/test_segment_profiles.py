@@ -13,7 +13,7 @@ from carepost.connectors.sync import apply_staged_profiles
 from carepost.core.schema import PROFILE_COLUMNS, create_tables
 from carepost.core.sources import SegmentSource
 
-from .http_servers import UvicornThread
+from tests.support.uvicorn_thread import UvicornThread
 from .segment_server import SPACE, TOKEN, Profile, SegmentServer, track
 
 TOKEN_ENV = "CAREPOST_TEST_SEGMENT_TOKEN"

@@ -13,7 +13,7 @@ from carepost.core.settings import RudderStackSink, SegmentSink
 from carepost.ledger import Ledger, OutboxEvent
 from carepost.ledger.models import utc_now
 
-from ..service.servers import UvicornThread
+from tests.support.uvicorn_thread import UvicornThread
 from .fakes import FakeBatchApi, ResetProxy
 
 WRITE_KEY = "test-write-key"

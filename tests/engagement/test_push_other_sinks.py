@@ -29,7 +29,7 @@ from carepost.flows.feedback import push_outbox
 from carepost.ledger import Ledger
 
 from ..service.conftest import make_settings
-from ..service.servers import UvicornThread
+from tests.support.uvicorn_thread import UvicornThread
 from .conftest import WRITE_KEY, fill_outbox, rudder_config
 from .fakes import FakeBatchApi
 

@@ -22,7 +22,7 @@ from carepost.service.app import create_app
 from carepost.service.tracking import tracking_routes
 from carepost.service.tracking_links import click_url
 from tests.service.conftest import add_sent_delivery, make_settings
-from tests.service.servers import UvicornThread
+from tests.support.uvicorn_thread import UvicornThread
 
 DESTINATION = "https://www.example.test/book"
 EVIL = "https://evil.example.org/login"

@@ -17,7 +17,7 @@ from carepost.service.app import create_app
 from carepost.service.tracking import tracking_routes
 from tests.conftest import REPO
 
-from .servers import UvicornThread
+from tests.support.uvicorn_thread import UvicornThread
 
 ADDRESS_KEY = b"address-key-for-tests"
 

@@ -259,7 +259,7 @@ def test_rotated_secret_still_verifies(
     from carepost.service.tracking import tracking_routes
 
     from .conftest import make_settings
-    from .servers import UvicornThread
+    from tests.support.uvicorn_thread import UvicornThread
 
     delivery = add_sent_delivery(ledger, "p-12", campaign="diabetes_education",
                                  purpose=Purpose.MARKETING)

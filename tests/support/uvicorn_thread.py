@@ -1,4 +1,4 @@
-"""Run a Starlette app on a real uvicorn server in a thread, on 127.0.0.1."""
+"""Run an ASGI app on a real uvicorn server in a thread, on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ from tests.conftest import free_port
 
 
 class UvicornThread:
-    """A uvicorn server on loopback and a free port, started as a context manager."""
+    """A uvicorn server on 127.0.0.1 and a free port, for one test or module."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, **options: Any) -> None:
         self.port = free_port()
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port,
-                                log_level="warning", lifespan="off")
+                                log_level="warning", lifespan="off", **options)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
