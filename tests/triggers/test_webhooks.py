@@ -23,7 +23,7 @@ from carepost.service.app import create_app
 from carepost.service.webhooks import webhook_routes
 from carepost.service.webhooks_verify import sign_events
 from tests.flows.project import make_project
-from tests.service.servers import UvicornThread
+from tests.support.uvicorn_thread import UvicornThread
 
 SEGMENT_SECRET = b"segment-test-secret"
 EVENTS_SECRET = b"events-test-secret"
