@@ -34,6 +34,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel, select
 
+from carepost.ledger.ledger import insert_skipping_duplicates
 from carepost.ledger.models import OutboxEvent, utc_now
 
 log = logging.getLogger(__name__)
@@ -179,21 +180,19 @@ class Inbox:
         exists (the same trigger key from another event) is skipped;
         returns how many were added.
         """
+        rows = [send.model_dump(exclude={"id"})
+                for sends in planned.values() for send in sends]
+        table = PendingSend.__table__
         added = 0
-        with self._session() as session:
-            for sends in planned.values():
-                for send in sends:
-                    nested = session.begin_nested()
-                    session.add(send)
-                    try:
-                        nested.commit()
-                        added += 1
-                    except IntegrityError:
-                        nested.rollback()
-            session.exec(update(InboxEvent)
-                         .where(InboxEvent.event_id.in_(list(planned)))
-                         .values(planned_at=utc_now()))
-            session.commit()
+        with self.engine.begin() as connection:
+            if rows:
+                # The driver's executemany row count is the number inserted.
+                added = connection.execute(insert_skipping_duplicates(
+                    self.engine, table, ["campaign", "run_key", "profile_id"]),
+                    rows).rowcount
+            connection.execute(update(InboxEvent)
+                               .where(InboxEvent.event_id.in_(list(planned)))
+                               .values(planned_at=utc_now()))
         return added
 
     def has_event_after(self, *, profile_id: str, event_type: str, after: datetime,

@@ -28,6 +28,7 @@ from typing import Any, Iterable
 
 from sqlalchemy import Table, event, func, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.dml import Insert
 from sqlmodel import Session, SQLModel, create_engine, select
@@ -128,24 +129,14 @@ class Ledger:
         with self.engine.begin() as connection:
             # The write comes first: a SQLite transaction that read before
             # writing fails at once when another process wrote in between.
-            connection.execute(self._insert_new(table, "idempotency_key"), rows)
+            connection.execute(
+                insert_skipping_duplicates(self.engine, table, ["idempotency_key"]),
+                rows)
             found = {key: (delivery_id, state) for key, delivery_id, state in
                      connection.execute(
                          select(table.c.idempotency_key, table.c.id, table.c.state)
                          .where(table.c.idempotency_key.in_(keys)))}
         return [_claim_for(*found[key]) for key in keys]
-
-    def _insert_new(self, table: Table, key_column: str) -> Insert:
-        """Return an INSERT that skips rows whose ``key_column`` exists."""
-        dialect = self.engine.dialect.name
-        if dialect == "sqlite":
-            return sqlite.insert(table).on_conflict_do_nothing(
-                index_elements=[key_column])
-        if dialect == "postgresql":
-            return postgresql.insert(table).on_conflict_do_nothing(
-                index_elements=[key_column])
-        raise ValueError(f"the ledger supports sqlite and postgresql URLs, "
-                         f"not {dialect}; set ledger_url to one of them")
 
     def begin_send(self, delivery_id: int, **fields: Any) -> bool:
         """Move a claimed row to ``sending``; False if another run got it first."""
@@ -174,19 +165,19 @@ class Ledger:
         with self.engine.begin() as connection:
             connection.execute(statement)
             if event_rows:
-                connection.execute(
-                    self._insert_new(OutboxEvent.__table__, "event_id"), event_rows)
+                connection.execute(insert_skipping_duplicates(
+                    self.engine, OutboxEvent.__table__, ["event_id"]), event_rows)
 
     # -- send-time checks ---------------------------------------------------
 
     def is_suppressed(self, address_hash: str, purpose: Purpose) -> bool:
         scopes = ("all", purpose.value)
-        with Session(self.engine, expire_on_commit=False) as session:
-            found = session.exec(
+        with self.engine.connect() as connection:
+            found = connection.execute(
                 select(Suppression.id).where(
                     Suppression.address_hash == address_hash,
                     Suppression.scope.in_(scopes),
-                )
+                ).limit(1)
             ).first()
         return found is not None
 
@@ -261,6 +252,19 @@ class Ledger:
             query = query.where(Delivery.campaign == campaign)
         with Session(self.engine, expire_on_commit=False) as session:
             return list(session.exec(query))
+
+
+def insert_skipping_duplicates(engine: Engine, table: Table,
+                               key_columns: Sequence[str]) -> Insert:
+    """Return an INSERT that skips rows whose unique ``key_columns`` exist."""
+    dialect = engine.dialect.name
+    if dialect == "sqlite":
+        return sqlite.insert(table).on_conflict_do_nothing(index_elements=key_columns)
+    if dialect == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing(
+            index_elements=key_columns)
+    raise ValueError(f"the ledger supports sqlite and postgresql URLs, not "
+                     f"{dialect}; set ledger_url to one of them")
 
 
 def _claim_for(delivery_id: int, state: str) -> Claim:

@@ -242,3 +242,17 @@ async def test_dispatcher_releases_idle_warehouse(
     finally:
         await asyncio.to_thread(dispatcher.stop)
     assert trigger_project.smtp.messages_received == 1
+
+
+async def test_plan_counts_new_keys_only(trigger_project: TriggerProject,
+                                         engine: BehaviourEngine) -> None:
+    profile = trigger_project.profile_ids[0]
+    engine.inbox.accept(_no_show("e-1", profile, "ap-1"))
+    engine.inbox.accept(_no_show("e-2", profile, "ap-1", T0 + timedelta(minutes=1)))
+    engine.inbox.accept(_no_show("e-3", profile, "ap-2"))
+
+    assert engine.plan() == 2
+    assert engine.plan() == 0
+    assert [row.run_key for row in engine.inbox.pending_rows()] == [
+        "appointment:ap-1", "appointment:ap-2"]
+    assert engine.inbox.unplanned() == []
