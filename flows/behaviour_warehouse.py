@@ -1,13 +1,13 @@
 """The warehouse connection of the behaviour pass, optionally kept open.
 
-Opening the DuckDB file took about 30 ms on the 2-core development
-machine (``bench/trigger.py``, docs/benchmarks.md), more than the rest of
-a pass of a few sends. ``carepost serve`` therefore keeps one read-only
+Opening the DuckDB file of the sample project took about 30 ms on the
+2-core development machine (timed ``duckdb.connect`` calls, see
+docs/benchmarks.md), more than the rest of a pass of a few sends. ``carepost serve`` therefore keeps one read-only
 connection open while webhooks keep arriving and releases it once the
 dispatcher has been idle for a moment.
 
 DuckDB lets only one process open a file for writing, and no process may
-write while another holds it read-only. While serve holds the connection,
+write while another has it open read-only. While serve keeps it open,
 ``carepost sync`` and a scheduled campaign's run (a subprocess of serve)
 cannot open the warehouse; they can once serve has been idle for
 ``WAREHOUSE_IDLE_SECONDS`` (see ``flows/serve.py``).
@@ -50,7 +50,8 @@ class WarehouseHandle:
     def connect(self) -> duckdb.DuckDBPyConnection:
         """Return the open connection, opening it first if needed.
 
-        Raises ``duckdb.IOException`` when another process holds the file.
+        Raises ``duckdb.IOException`` when another process has the file
+        open for writing.
         """
         if self._connection is None:
             self._connection = (self._open_read_only() if self.keep_open
@@ -79,6 +80,9 @@ class WarehouseHandle:
         return connection
 
     def _open_read_only(self) -> duckdb.DuckDBPyConnection:
+        # NOTE: a scheduled run that opens the warehouse while this is open
+        # fails at once (DuckDB does not wait for the lock) and is not
+        # retried; its lease in scheduled_runs then needs `carepost run`.
         if self.path.exists():
             connection = duckdb.connect(str(self.path), read_only=True)
             if _has_tables(connection):
