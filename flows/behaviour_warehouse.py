@@ -80,9 +80,8 @@ class WarehouseHandle:
         return connection
 
     def _open_read_only(self) -> duckdb.DuckDBPyConnection:
-        # NOTE: a scheduled run that opens the warehouse while this is open
-        # fails at once (DuckDB does not wait for the lock) and is not
-        # retried; its lease in scheduled_runs then needs `carepost run`.
+        # A scheduled run or sync that needs the file meanwhile waits in
+        # flows/warehouse.py until this connection is released.
         if self.path.exists():
             connection = duckdb.connect(str(self.path), read_only=True)
             if _has_tables(connection):

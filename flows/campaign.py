@@ -17,7 +17,6 @@ from collections import Counter
 from datetime import date, datetime
 from typing import Any
 
-import duckdb
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
@@ -26,10 +25,15 @@ from carepost.core.campaign import Campaign, load_campaigns
 from carepost.core.errors import CarepostError, ConfigError
 from carepost.core.schema import create_tables
 from carepost.core.settings import Settings, load_settings
+from carepost.flows.audit_trail import (
+    record_finished,
+    record_run_inputs,
+    record_segment,
+)
 from carepost.flows.delivery import RunContext, deliver_batch
-from carepost.flows.audit_trail import record_finished, record_run_inputs, record_segment
 from carepost.flows.schedule import hold_for
 from carepost.flows.sync import sync_named_source
+from carepost.flows.warehouse import connect_for_writing
 from carepost.ledger import AuditLog, Inbox, Ledger
 from carepost.segments import SegmentLibrary
 from carepost.templates import TemplateLibrary
@@ -151,7 +155,7 @@ def _open_run(settings: Settings, campaign: Campaign, run_date: date,
     audit = AuditLog(settings.ledger_url)
     record_run_inputs(audit, campaign=campaign.name, run_key=run_date.isoformat(),
                       template_name=template.name, template_version=template.version)
-    warehouse = duckdb.connect(str(settings.warehouse_path))
+    warehouse = connect_for_writing(settings.warehouse_path)
     create_tables(warehouse)
     return RunContext(
         settings=settings, campaign=campaign, template=template,

@@ -25,6 +25,7 @@ from carepost.connectors.sync import SyncSummary
 from carepost.core.errors import CarepostError, ConfigError
 from carepost.core.settings import Settings, load_settings
 from carepost.core.sources import FhirSource, FileSource, SegmentSource
+from carepost.flows.warehouse import connect_for_writing
 
 __all__ = [
     "SyncFailed", "forget_progress", "parse_since", "register_progress", "sync_flow",
@@ -92,7 +93,7 @@ def summary_dict(summary: SyncSummary) -> dict[str, Any]:
 async def sync_source_task(source: str, since: str | None,
                            progress_token: str | None) -> dict[str, Any]:
     settings = load_settings()
-    conn = duckdb.connect(str(settings.warehouse_path))
+    conn = connect_for_writing(settings.warehouse_path)
     try:
         summary = await sync_named_source(
             settings, conn, source, since=parse_since(since),
