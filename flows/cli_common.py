@@ -1,4 +1,4 @@
-"""What every ``carepost`` command group shares: options, consoles, errors.
+"""Options, consoles and error helpers shared by every ``carepost`` command group.
 
 User errors print one unwrapped ``error: ...`` line on stderr without
 Rich markup (a message may contain brackets) and exit 2 for unusable

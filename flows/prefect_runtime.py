@@ -9,7 +9,7 @@ With no API configured, Prefect would start a temporary in-process server
 that runs no scheduler and is killed at exit before it records most task
 runs. carepost instead starts a real ``prefect server`` (SQLite under the
 state folder) as a child process on 127.0.0.1, or reuses the one it
-started for the same state folder while that answers its health check.
+started for the same state folder while that responds to its health check.
 The port is derived from the state folder's path, so two checkouts on one
 machine get two servers, and ``server.json`` in the Prefect home records
 which port belongs to this folder. ``CAREPOST_PREFECT_API_URL`` points
@@ -42,7 +42,7 @@ STARTUP_TIMEOUT_SECONDS = 90.0
 
 
 class PrefectServerError(CarepostError):
-    """The embedded Prefect server did not start or stopped answering."""
+    """The embedded Prefect server did not start or stopped responding."""
 
 
 def configure(state_dir: Path) -> Path:
@@ -117,7 +117,7 @@ def ensure_server(home: Path, port: int | None = None) -> PrefectServer:
         os.environ["PREFECT_API_URL"] = configured
         if not _healthy(configured):
             raise PrefectServerError(
-                f"Prefect API at {configured} did not answer its health check",
+                f"Prefect API at {configured} did not respond to its health check",
                 hint=f"start that server or unset {API_URL_ENV}",
             )
         return PrefectServer(configured)
