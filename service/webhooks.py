@@ -27,6 +27,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
+from carepost.core.campaign import load_campaigns
+from carepost.core.settings import Settings
 from carepost.ledger.inbox import Inbox, IncomingEvent
 from carepost.service.app import RouteFactory, ServiceState
 from carepost.service.webhooks_verify import (
@@ -74,6 +76,7 @@ class _WebhookEndpoints:
         self.events_secret = settings.secret(settings.webhooks.events_secret_env)
         self.inbox = Inbox(state.ledger.engine)
         self.notify = notify
+        self.trigger_keys = _trigger_keys(settings)
 
     async def segment(self, request: Request) -> JSONResponse:
         try:
@@ -100,6 +103,13 @@ class _WebhookEndpoints:
         return await self._store(incoming)
 
     async def _store(self, incoming: IncomingEvent) -> JSONResponse:
+        keys = self.trigger_keys.get(incoming.type)
+        if keys and not any(incoming.properties.get(key) for key in keys):
+            # Accepting it would answer 2xx for an event no campaign can send.
+            return _rejected(incoming.source, WebhookRejected(
+                422, f"event {incoming.event_id} of type {incoming.type} has no "
+                f"{' or '.join(sorted(keys))} property, which the campaigns it "
+                "triggers need; add it to the event's properties"))
         # The commit happens before the reply: a crash after it loses nothing.
         stored = await run_in_threadpool(self.inbox.accept, incoming)
         reply = {"status": "accepted" if stored else "duplicate",
@@ -113,6 +123,15 @@ class _WebhookEndpoints:
         if self.notify is not None:
             self.notify(incoming.event_id)
         return JSONResponse(reply, status_code=202)
+
+
+def _trigger_keys(settings: Settings) -> dict[str, set[str]]:
+    """Return, per event type, the key properties of the campaigns it triggers."""
+    keys: dict[str, set[str]] = {}
+    for campaign in load_campaigns(settings.path(settings.campaigns_dir)).values():
+        if campaign.trigger is not None:
+            keys.setdefault(campaign.trigger.event, set()).add(campaign.trigger.key)
+    return keys
 
 
 def _rejected(endpoint: str, exc: WebhookRejected) -> JSONResponse:

@@ -231,3 +231,11 @@ def test_segment_batch_rejected(service: Service) -> None:
     response = _post_segment(service.url, body)
     assert response.status_code == 400
     assert "batch" in response.json()["error"]
+
+
+def test_event_without_trigger_key_rejected(service: Service) -> None:
+    event = _event(properties={"clinic": "north"})
+    response = _post_event(service.url, json.dumps(event).encode())
+    assert response.status_code == 422
+    assert "appointment_id" in response.json()["error"]
+    assert service.inbox() == []
