@@ -19,7 +19,7 @@ from carepost.core.settings import Settings
 from carepost.segments import SegmentLibrary
 from carepost.templates import TemplateLibrary
 
-__all__ = ["CampaignCheck", "CampaignProblem", "check_campaigns"]
+__all__ = ["CampaignCheck", "CampaignProblem", "check_campaigns", "reference_problems"]
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,19 @@ def check_campaigns(settings: Settings) -> CampaignCheck:
             messages += _template_messages(campaign, templates)
         check.problems += [CampaignProblem(file, message) for message in messages]
     return check
+
+
+def reference_problems(settings: Settings, campaign: Campaign) -> list[str]:
+    """Return the problems of one campaign's segment, stage and template."""
+    segments, segment_problem = _segment_library(settings)
+    templates, template_problem = _template_library(settings)
+    problems = [str(problem) for problem in (segment_problem, template_problem)
+                if problem is not None]
+    if segments is not None:
+        problems += _segment_messages(campaign, segments)
+    if templates is not None:
+        problems += _template_messages(campaign, templates)
+    return problems
 
 
 def _segment_library(

@@ -54,32 +54,23 @@ def _drain_prefect_workers(timeout_seconds: float = 10.0) -> None:
 def check_campaign(settings: Settings, campaign: str) -> None:
     """Raise ``ConfigError`` before any flow starts if ``campaign`` cannot run.
 
-    Checks that the campaign exists and that its segment (and stage) and
-    template load, so a typo is one clear line instead of a failed flow run.
+    The campaign must exist and its segment, stage and template must load
+    (the checks of ``carepost campaigns --check``), so a typo is one clear
+    line instead of a failed flow run.
     """
     from carepost.core.campaign import load_campaigns
     from carepost.core.errors import ConfigError
-    from carepost.segments import SegmentLibrary
-    from carepost.templates import TemplateLibrary
+    from carepost.flows.campaign_check import reference_problems
 
     campaigns = load_campaigns(settings.path(settings.campaigns_dir))
     if campaign not in campaigns:
         known = ", ".join(campaigns) or "none"
         raise ConfigError(f"campaign {campaign!r} not found",
                           hint=f"configured campaigns: {known}")
-    spec = campaigns[campaign]
-    segments = SegmentLibrary(settings.path(settings.segments_dir))
-    if spec.segment not in segments.names():
-        raise ConfigError(
-            f"campaigns/{campaign}.yaml: segment {spec.segment!r} not found",
-            hint=f"known segments: {', '.join(segments.names())}")
-    if spec.stage is not None and spec.stage not in segments.stages(spec.segment):
-        raise ConfigError(
-            f"campaigns/{campaign}.yaml: stage {spec.stage!r} not found in "
-            f"segment {spec.segment}",
-            hint=f"known stages: {', '.join(segments.stages(spec.segment))}")
-    TemplateLibrary(settings.path(settings.templates_dir),
-                    settings.practice).get(spec.template)
+    problems = reference_problems(settings, campaigns[campaign])
+    if problems:
+        raise ConfigError(f"campaigns/{campaign}.yaml: {'; '.join(problems)}",
+                          hint="run carepost campaigns --check")
 
 
 def run_campaign(config_path: Path, campaign: str, run_date: str) -> dict[str, Any]:

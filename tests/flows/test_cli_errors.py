@@ -48,4 +48,4 @@ def test_unknown_stage_named(tmp_path: Path) -> None:
     result = _run(project.config, "checkup_reminder", "--as-of", "2024-02-15")
 
     assert result.exit_code == 1
-    assert "stage 'checkup_overdue' not found" in result.stderr
+    assert "has no stage 'checkup_overdue'" in result.stderr
