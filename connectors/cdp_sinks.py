@@ -1,7 +1,7 @@
 """CDP event sinks behind one ``EventSink`` protocol.
 
     SinkError (CarepostError)
-    ├── SinkRejected      the sink answered 4xx (not 429) for this batch
+    ├── SinkRejected      the sink returned 4xx (not 429) for this batch
     └── SinkUnavailable   retries ran out, or the credentials are refused
 
 A sink splits outbox events into batches that respect its limits
@@ -80,7 +80,7 @@ class SinkRejected(SinkError):
 
 
 class SinkUnavailable(SinkError):
-    """Retries ran out or the sink refused the credentials."""
+    """Retries ran out or the sink rejected the credentials."""
 
 
 @dataclass(frozen=True)
@@ -241,7 +241,7 @@ class HttpBatchSink:
         if 200 <= status < 300:
             return None
         if status in (401, 403):
-            raise SinkUnavailable(f"{self.name} refused the credentials (HTTP {status})",
+            raise SinkUnavailable(f"{self.name} rejected the credentials (HTTP {status})",
                                   hint="check the write key or secret variable")
         if status == 429 or status >= 500:
             log.warning("%s push of %d events, attempt %d: HTTP %d", self.name,

@@ -1,7 +1,7 @@
 """Campaign specs: ``campaigns/<name>.yaml``, one file per campaign.
 
 A campaign joins a segment (optionally one lifecycle stage of it), a
-template and a purpose, and says when it runs: on a ``schedule`` (cron in
+template and a purpose, and sets when it runs: on a ``schedule`` (cron in
 an IANA zone) or on a ``trigger`` (a CDP event such as a missed
 appointment). A triggered campaign has no segment, because the event names
 its recipient. The file name is the campaign's name everywhere: ledger

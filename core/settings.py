@@ -258,7 +258,7 @@ class Settings(_Strict):
     def state_path(self) -> Path:
         """Return the state folder, created private to the OS user (0700).
 
-        It holds the warehouse and the ledger, so other local users must
+        It contains the warehouse and the ledger, so other local users must
         not read it, whatever the umask gave the files inside.
         """
         path = self.path(self.state_dir)

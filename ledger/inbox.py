@@ -263,7 +263,7 @@ class Inbox:
     def finish_many(self, finished: Sequence[tuple[int, PendingState, str]]) -> None:
         """Settle several pending sends in one transaction.
 
-        ``finished`` holds (id, state, outcome) triples. Like ``finish``,
+        ``finished`` contains (id, state, outcome) triples. Like ``finish``,
         each UPDATE only moves a row that is still ``pending``.
         """
         if not finished:
