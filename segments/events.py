@@ -158,7 +158,32 @@ def _property_sql(
     if isinstance(value, list):
         items = ", ".join(builder.bind(_as_json_text(item)) for item in value)
         return f"coalesce({extracted} IN ({items}), false)"
-    return f"coalesce({extracted} = {builder.bind(_as_json_text(value))}, false)"
+    text = _as_json_text(value)
+    bound = builder.bind(text)
+    test = f"{extracted} = {bound}"
+    if _plain_text(text):
+        # A substring search is much cheaper than parsing JSON. A matching
+        # value is in the raw text unless the JSON has an escape (a backslash).
+        backslash = builder.bind("\\")
+        raw = f"{alias}.properties"
+        test = f"(contains({raw}, {bound}) OR contains({raw}, {backslash})) AND {test}"
+    return f"coalesce({test}, false)"
+
+
+def _plain_text(text: str) -> bool:
+    """Return whether ``text`` can equal only a JSON string value.
+
+    json_extract_string re-serialises numbers, booleans, null, objects and
+    arrays, so their text may differ from the raw JSON. A string value
+    written without escapes appears in the raw JSON as it is.
+    """
+    if not text or text in ("true", "false", "null") or text[0] in "{[":
+        return False
+    try:
+        float(text)
+    except ValueError:
+        return True
+    return False
 
 
 def _as_json_text(value: Any) -> str:

@@ -136,6 +136,50 @@ def test_event_where_list_and_number(world: SegmentWorld) -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("raw", "selected"),
+    [
+        ('{"class": "wellness"}', True),
+        # The same value with escapes in the stored JSON text.
+        ('{"class": "w\\u0065llness"}', True),
+        ('{"note": "a\\"b", "class": "\\u0077ellness"}', True),
+        ('{"class": "wellness-plus"}', False),
+        ('{"class": "ambulatory", "note": "wellness"}', False),
+        ('{"class": 5}', False),
+    ],
+)
+def test_where_escaped_json(
+    world: SegmentWorld, raw: str, selected: bool
+) -> None:
+    """A property test matches however the source escaped its JSON text."""
+    world.profile("p1")
+    world.conn.execute(
+        "INSERT INTO events VALUES ('raw1', 'p1', 'encounter', "
+        "TIMESTAMPTZ '2024-06-01 08:00:00+00', ?)",
+        [raw],
+    )
+    spec = event_spec("event: encounter\nwhere: {class: wellness}")
+    assert world.select(spec) == (["p1"] if selected else [])
+
+
+def test_where_numbers_booleans_exact(world: SegmentWorld) -> None:
+    """Numbers and booleans skip the substring shortcut and still match."""
+    world.profile("num")
+    world.profile("flag")
+    world.conn.execute(
+        "INSERT INTO events VALUES ('n1', 'num', 'form_submitted', "
+        "TIMESTAMPTZ '2024-06-01 08:00:00+00', '{\"version\": 2}'), "
+        "('f1', 'flag', 'form_submitted', "
+        "TIMESTAMPTZ '2024-06-01 08:00:00+00', '{\"complete\": true}')"
+    )
+    assert world.select(event_spec("event: form_submitted\nwhere: {version: 2}")) == [
+        "num"
+    ]
+    assert world.select(
+        event_spec("event: form_submitted\nwhere: {complete: true}")
+    ) == ["flag"]
+
+
 MISSED = """
 event: appointment_no_show
 within: 14d
