@@ -7,9 +7,12 @@ authenticates. Every failure before the session is ready raises
 established or verified. The sender turns either into a delivery outcome.
 
 `SmtpSession.transmit` runs one MAIL/RCPT/DATA transaction and returns a
-`Reply`. It writes the message content itself, rather than through
-`aiosmtplib.SMTP.data`, so that it can tell whether the end-of-data marker
-went out: a lost reply after that point means the outcome is unknown.
+`Reply`. The session writes commands and reads replies through its own
+`ReplyReader` rather than aiosmtplib, for two reasons. When the server
+advertises PIPELINING, MAIL, RCPT and DATA go out in one write and their
+replies are read in order, which aiosmtplib cannot do. And the session
+records whether the end-of-data marker went out, because a reply lost
+after that point means the outcome is unknown.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import re
 import ssl
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiosmtplib import (
@@ -38,6 +40,15 @@ from carepost.connectors.smtp_tls import (
     describe_ssl_failure,
     is_accepted_version,
     read_tls_details,
+)
+from carepost.connectors.smtp_wire import (
+    Command,
+    InvalidReplyError,
+    ReplyError,
+    ReplyReader,
+    ReplyTimeoutError,
+    encode_content,
+    envelope_commands,
 )
 from carepost.core.errors import CarepostError
 from carepost.core.states import DeliveryState
@@ -60,7 +71,6 @@ NEEDS_SMTPUTF8 = (
     "undeliverable: the address needs SMTPUTF8 and the server does not offer it"
 )
 
-_START_MAIL_INPUT = 354
 _COMPLETED = 250
 _SERVICE_CLOSING = 421
 
@@ -68,7 +78,6 @@ _SERVICE_CLOSING = 421
 # "5.1.1". Only this part of a reply is kept, because the free text after it
 # often repeats the recipient's address.
 _ENHANCED_STATUS = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
-_LINE_BREAK = re.compile(rb"\r\n|\r|\n")
 
 
 class TransportError(CarepostError):
@@ -153,22 +162,34 @@ async def open_session(config: SessionConfig) -> SmtpSession:
         tls = _verified_tls(client, config.verify_certificate)
         await _ehlo(client)
         await _authenticate(client, config)
+        return SmtpSession(client, tls, config.timeout_seconds)
     except BaseException:
         _abort(client, client.transport)
         raise
-    return SmtpSession(client, tls, config.timeout_seconds)
 
 
 class SmtpSession:
-    """A ready connection: TLS verified, EHLO sent over TLS, authenticated."""
+    """A ready connection: TLS verified, EHLO sent over TLS, authenticated.
+
+    From here on a `ReplyReader` owns the transport, and aiosmtplib is no
+    longer used for commands. ``pipelining`` is True when the EHLO reply
+    over TLS advertised PIPELINING (RFC 2920); only then do MAIL, RCPT and
+    DATA go out in one write.
+    """
 
     def __init__(self, client: SMTP, tls: TlsDetails, timeout_seconds: float) -> None:
         self.tls = tls
         self.messages_sent = 0
+        self.pipelining = client.supports_extension("pipelining")
+        self._smtputf8 = client.supports_extension("smtputf8")
         self._client = client
-        # aiosmtplib drops its transport reference when it closes itself
-        # after a timeout or a 421, so keep it here for _abort.
-        self._transport = client.transport
+        # aiosmtplib drops its transport reference when it closes itself,
+        # so keep it here for _abort.
+        transport = client.transport
+        if not isinstance(transport, asyncio.Transport):
+            raise TransportError("connection lost after AUTH")
+        self._transport = transport
+        self._reader = ReplyReader(transport)
         self._timeout_seconds = timeout_seconds
         self._deadline: float | None = None
         self._broken = False
@@ -177,7 +198,7 @@ class SmtpSession:
 
     @property
     def is_usable(self) -> bool:
-        return not self._broken and self._client.is_connected
+        return not self._broken and self._reader.is_open
 
     async def reset(self) -> bool:
         """Make the connection ready for a new transaction; return whether it is.
@@ -192,8 +213,12 @@ class SmtpSession:
         if self._transaction_closed and idle < RSET_SKIP_IDLE_SECONDS:
             return True
         try:
-            await self._client.rset()
-        except (SMTPException, OSError):
+            self._reader.send(b"RSET\r\n", 1)
+            reply = await self._reader.read_reply(self._timeout_seconds)
+        except ReplyError:
+            self.close()
+            return False
+        if reply.code != _COMPLETED:
             self.close()
             return False
         return True
@@ -213,39 +238,106 @@ class SmtpSession:
         out only when the server offers SMTPUTF8 (RFC 6531), otherwise the
         reply is a bounce with `NEEDS_SMTPUTF8` and no command is sent.
         ``deadline`` (event loop time) bounds the whole transaction; each
-        command still gets at most the per-command timeout.
+        reply still gets at most the per-command timeout. Raises
+        ValueError, before anything is written, when an address contains
+        a character that could end or extend the command line.
         """
-        if not self._client.is_connected:
+        if not self.is_usable:
             self.close()
             return Reply(DeliveryState.DEFERRED, "connection lost before MAIL", None)
-        if self._client.get_transport_info("ssl_object") is None:
+        if self._transport.get_extra_info("ssl_object") is None:
             # Unreachable while open_session is the only way in. It stays as
             # the last check before an address would leave this process.
             self.close()
             raise TlsRequiredError("connection is not encrypted before MAIL FROM")
 
-        if smtputf8 and not self._client.supports_extension("smtputf8"):
+        if smtputf8 and not self._smtputf8:
             return Reply(DeliveryState.BOUNCED, NEEDS_SMTPUTF8, None)
-        options = ["SMTPUTF8"] if smtputf8 else []
-        encoding = "utf-8" if smtputf8 else "ascii"
+        commands = envelope_commands(envelope_from, recipient, smtputf8)
         self._deadline = deadline
         self._transaction_closed = False
         try:
-            await self._step("MAIL", lambda timeout: self._client.mail(
-                envelope_from, options=options, encoding=encoding, timeout=timeout))
-            await self._step("RCPT", lambda timeout: self._client.rcpt(
-                recipient, encoding=encoding, timeout=timeout))
-            start = await self._step("DATA", lambda timeout: (
-                self._client.execute_command(b"DATA", timeout=timeout)))
-            if start.code != _START_MAIL_INPUT:
-                raise _StepFailed(self._rejection("DATA", start.code, start.message))
+            if self.pipelining:
+                await self._pipelined_envelope(commands)
+            else:
+                await self._stepwise_envelope(commands)
         except _StepFailed as failure:
             return failure.reply
 
         return await self._send_content(data)
 
+    async def quit(self) -> None:
+        """Send QUIT and close, ignoring errors because the session is over."""
+        try:
+            self._reader.send(b"QUIT\r\n", 1)
+            await self._reader.read_reply(self._timeout_seconds)
+        except ReplyError:
+            pass
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._broken = True
+        _abort(self._client, self._transport)
+
+    async def _stepwise_envelope(self, commands: tuple[Command, ...]) -> None:
+        """Send each command after the reply to the one before (no PIPELINING)."""
+        for command in commands:
+            self._send(command.line, 1, command.step)
+            reply = await self._read_reply(command.step)
+            if reply.code not in command.accepted:
+                raise _StepFailed(self._rejection(command.step, reply.code, reply.message))
+
+    async def _pipelined_envelope(self, commands: tuple[Command, ...]) -> None:
+        """Send MAIL, RCPT and DATA in one write, then check their replies in order.
+
+        The first rejection settles the message, and the replies after it
+        are still read so the next transaction starts in step. The server
+        rejects DATA when MAIL or RCPT failed (RFC 2920 section 3.1). If it
+        replies 354 anyway, no content is sent and the session is closed.
+        """
+        self._send(b"".join(command.line for command in commands), len(commands),
+                   commands[0].step)
+        failure: Reply | None = None
+        for command in commands:
+            try:
+                reply = await self._read_reply(command.step)
+            except _StepFailed:
+                if failure is not None:
+                    raise _StepFailed(failure) from None
+                raise
+            if reply.code in command.accepted:
+                if failure is not None and command.step == "DATA":
+                    self.close()
+                    raise _StepFailed(failure)
+                continue
+            rejection = self._rejection(command.step, reply.code, reply.message)
+            failure = failure or rejection
+            if self._broken:
+                # 421 or an unexpected code: _rejection closed the session.
+                raise _StepFailed(failure)
+        if failure is not None:
+            raise _StepFailed(failure)
+
+    def _send(self, commands: bytes, replies: int, step: str) -> None:
+        try:
+            self._reader.send(commands, replies)
+        except ReplyError:
+            self.close()
+            reason = f"connection lost before {step}"
+            raise _StepFailed(Reply(DeliveryState.DEFERRED, reason, None)) from None
+
+    async def _read_reply(self, step: str) -> SMTPResponse:
+        timeout = self._command_timeout(step)
+        try:
+            return await self._reader.read_reply(timeout)
+        except ReplyError as error:
+            self.close()
+            reason = _reply_failure(step, error)
+            raise _StepFailed(Reply(DeliveryState.DEFERRED, reason, None)) from None
+
     def _command_timeout(self, step: str) -> float:
-        """Return the timeout of the next command, raising when the message's is up."""
+        """Return the timeout of the next reply, or raise when the message timed out."""
         if self._deadline is None:
             return self._timeout_seconds
         remaining = self._deadline - asyncio.get_running_loop().time()
@@ -255,43 +347,12 @@ class SmtpSession:
             raise _StepFailed(Reply(DeliveryState.DEFERRED, reason, None))
         return min(self._timeout_seconds, remaining)
 
-    async def quit(self) -> None:
-        """Send QUIT and close, ignoring errors because the session is over."""
-        try:
-            await self._client.quit()
-        except (SMTPException, OSError):
-            pass
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        self._broken = True
-        _abort(self._client, self._transport)
-
-    async def _step(
-        self, step: str, command: Callable[[float], Awaitable[SMTPResponse]]
-    ) -> SMTPResponse:
-        timeout = self._command_timeout(step)
-        try:
-            return await command(timeout)
-        except SMTPResponseException as exc:
-            raise _StepFailed(self._rejection(step, exc.code, exc.message)) from None
-        except (SMTPException, OSError) as exc:
-            self.close()
-            reason = f"connection lost at {step}: {type(exc).__name__}"
-            raise _StepFailed(Reply(DeliveryState.DEFERRED, reason, None)) from None
-
     async def _send_content(self, data: bytes) -> Reply:
-        protocol = self._client.protocol
-        if protocol is None:
+        try:
+            self._reader.send(encode_content(data), 1)
+        except ReplyError:
             self.close()
             return Reply(DeliveryState.DEFERRED, "connection lost before content", None)
-        try:
-            protocol.write(_encode_content(data))
-        except (SMTPException, OSError) as exc:
-            self.close()
-            reason = f"connection lost before content: {type(exc).__name__}"
-            return Reply(DeliveryState.DEFERRED, reason, None)
 
         # From here the server may have the whole message, so a missing reply
         # must never turn into a retry (it would be a second copy).
@@ -300,8 +361,8 @@ class SmtpSession:
         except _StepFailed:
             return Reply(DeliveryState.SENDING, OUTCOME_UNKNOWN, None)
         try:
-            final = await protocol.read_response(timeout=timeout)
-        except (SMTPException, OSError):
+            final = await self._reader.read_reply(timeout)
+        except ReplyError:
             self.close()
             return Reply(DeliveryState.SENDING, OUTCOME_UNKNOWN, None)
 
@@ -325,6 +386,14 @@ class SmtpSession:
         # 4xx is temporary. A 5xx to MAIL FROM rejects the sender or the
         # session, not the patient's address, so it must not bounce them.
         return Reply(DeliveryState.DEFERRED, reason, code)
+
+
+def _reply_failure(step: str, error: ReplyError) -> str:
+    if isinstance(error, ReplyTimeoutError):
+        return f"reply to {step} timed out"
+    if isinstance(error, InvalidReplyError):
+        return f"invalid reply to {step}"
+    return f"connection lost at {step}"
 
 
 async def _connect(client: SMTP, timeout_seconds: float | None) -> None:
@@ -417,16 +486,3 @@ def _abort(client: SMTP, transport: asyncio.BaseTransport | None) -> None:
 def _enhanced_status(message: str) -> str:
     match = _ENHANCED_STATUS.match(message or "")
     return f" {match.group()}" if match else ""
-
-
-def _encode_content(data: bytes) -> bytes:
-    """Return the DATA payload: CRLF lines, dot-stuffed, then the end marker.
-
-    RFC 5321 section 4.5.2: a line that starts with "." gets one more "." so
-    the server does not read it as the end of the message.
-    """
-    lines = _LINE_BREAK.split(data)
-    if lines[-1] == b"":
-        lines.pop()
-    stuffed = (b"." + line if line.startswith(b".") else line for line in lines)
-    return b"".join(line + b"\r\n" for line in stuffed) + b".\r\n"

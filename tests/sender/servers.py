@@ -5,7 +5,11 @@ side, every command each session sent (and whether it arrived encrypted),
 every byte received before TLS, and the raw content of each DATA. A
 `Script` makes it misbehave the ways real relays and attackers do: no
 STARTTLS, a 454 reply to STARTTLS, TLS 1.0/1.1 only, a bad certificate, 421
-after N messages, a rejected recipient, a lost or late final reply.
+after N messages, a rejected sender or recipient, a connection dropped at
+DATA, a lost or late final reply. aiosmtpd reads commands line by line, so
+it serves pipelined commands, and a `Script` decides whether EHLO
+advertises PIPELINING. `encrypted_reads` keeps each chunk of bytes that
+arrived over TLS, so a test can see which commands came in one write.
 
 The servers do not require STARTTLS before MAIL, so a client that sent MAIL
 in clear would be recorded here instead of being stopped by a 530.
@@ -51,6 +55,17 @@ class Script:
     credentials: tuple[str, str] | None = None
     idle_timeout_seconds: float = 300.0
     offer_smtputf8: bool = False
+    # "never", "always", or "before_tls": in the EHLO reply before STARTTLS
+    # only, which must not make the client pipeline over TLS.
+    advertise_pipelining: str = "never"
+    # A reply to the first mail_reply_limit MAIL commands (None: every one).
+    mail_reply: str | None = None
+    mail_reply_limit: int | None = None
+    # Close the connection, without a reply, on this many DATA commands.
+    drop_at_data: int = 0
+    # Keep a recipient that rcpt_replies rejected, so DATA gets 354 anyway,
+    # as a server that breaks RFC 2920 section 3.1 would.
+    data_despite_rejection: bool = False
 
 
 @dataclass(frozen=True)
@@ -164,6 +179,7 @@ class RecordingServer:
         self.messages: list[bytes] = []
         self.logins: list[tuple[str, str, bool]] = []
         self.plaintext = bytearray()
+        self.encrypted_reads: list[bytes] = []
         self.errors: list[str] = []
         self.tls_versions: list[str] = []
         self.accepted = 0
@@ -172,6 +188,8 @@ class RecordingServer:
         self._implicit_tls = implicit_tls
         self._sessions = 0
         self._replies_used: dict[str, int] = {}
+        self._mail_replies_used = 0
+        self._data_drops = 0
         self._data_in_progress = 0
         self._lock = threading.Lock()
         self._controller: LoopbackController | None = None
@@ -246,6 +264,21 @@ class RecordingServer:
             self._replies_used[address] = used + 1
             return True
 
+    def _use_mail_reply(self) -> bool:
+        with self._lock:
+            limit = self.script.mail_reply_limit
+            if limit is not None and self._mail_replies_used >= limit:
+                return False
+            self._mail_replies_used += 1
+            return True
+
+    def _use_data_drop(self) -> bool:
+        with self._lock:
+            if self._data_drops >= self.script.drop_at_data:
+                return False
+            self._data_drops += 1
+            return True
+
     def _new_session(self) -> int:
         with self._lock:
             self._sessions += 1
@@ -278,6 +311,23 @@ class RecordingServer:
         self.logins.append((login, password, encrypted))
         accepted = (login, password) == self.script.credentials
         return AuthResult(success=accepted, handled=False)
+
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        # aiosmtpd 1.4 leaves setting host_name to a five-argument hook;
+        # without it MAIL gets "503 send HELO first".
+        session.host_name = hostname
+        encrypted = session.ssl is not None or self._implicit_tls
+        mode = self.script.advertise_pipelining
+        if mode == "always" or (mode == "before_tls" and not encrypted):
+            return [*responses[:-1], "250-PIPELINING", responses[-1]]
+        return responses
 
     async def handle_exception(self, error: Exception) -> str:
         # A failed TLS handshake lands here; aiosmtpd would log a traceback.
@@ -332,7 +382,9 @@ class _ScriptedSMTP(SMTP):
         return self._recorder._implicit_tls or self._tls_protocol is not None
 
     def data_received(self, data: bytes) -> None:
-        if not self._encrypted:
+        if self._encrypted:
+            self._recorder.encrypted_reads.append(bytes(data))
+        else:
             self._recorder.plaintext.extend(data)
         super().data_received(data)
 
@@ -376,15 +428,27 @@ class _ScriptedSMTP(SMTP):
         if limit is not None and self._recorder.accepted >= limit:
             await self._close_with("421 4.4.2 closing connection")
             return
+        if self._script.mail_reply and self._recorder._use_mail_reply():
+            await self.push(self._script.mail_reply)
+            return
         await super().smtp_MAIL(arg)
+
+    async def smtp_DATA(self, arg: str) -> None:
+        if self._script.drop_at_data and self._recorder._use_data_drop():
+            assert self.transport is not None
+            self.transport.close()
+            return
+        await super().smtp_DATA(arg)
 
     async def smtp_RCPT(self, arg: str | None) -> None:
         for address, reply in self._script.rcpt_replies.items():
             if arg and f"<{address}>" in arg and self._recorder._use_reply(address):
                 if reply.startswith("421"):
                     await self._close_with(reply)
-                else:
-                    await self.push(reply)
+                    return
+                await self.push(reply)
+                if self._script.data_despite_rejection and self.envelope is not None:
+                    self.envelope.rcpt_tos.append(address)
                 return
         await super().smtp_RCPT(arg)
 

@@ -1,0 +1,123 @@
+"""ReplyReader on a real loopback TCP connection, fed by a scripted server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from carepost.connectors.smtp_wire import (
+    ConnectionLostError,
+    InvalidReplyError,
+    ReplyReader,
+    ReplyTimeoutError,
+)
+
+
+@dataclass
+class ScriptedPeer:
+    """The server end: what the reader's client sent, and a writer to reply."""
+
+    received: asyncio.Queue[bytes] = field(default_factory=asyncio.Queue)
+    writer: asyncio.StreamWriter | None = None
+
+    async def reply(self, data: bytes) -> None:
+        assert self.writer is not None
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def close(self) -> None:
+        assert self.writer is not None
+        self.writer.close()
+        await self.writer.wait_closed()
+
+
+@pytest.fixture
+async def connection() -> AsyncIterator[tuple[ReplyReader, ScriptedPeer]]:
+    peer = ScriptedPeer()
+    connected = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer.writer = writer
+        connected.set()
+        while data := await reader.read(4096):
+            await peer.received.put(data)
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+    await connected.wait()
+    assert isinstance(transport, asyncio.Transport)
+    reply_reader = ReplyReader(transport)
+    yield reply_reader, peer
+    transport.abort()
+    server.close()
+    await server.wait_closed()
+    # Let the closed transports release their sockets before the loop ends.
+    await asyncio.sleep(0.01)
+
+
+async def test_replies_read_in_order(connection) -> None:
+    reader, peer = connection
+    reader.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n", 3)
+    assert await peer.received.get() == (
+        b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n")
+
+    # One reply split across two reads, then a multi-line reply and a
+    # third reply in one read.
+    await peer.reply(b"250 2.1")
+    await peer.reply(b".0 OK\r\n550-5.1.1 no such\r\n550 5.1.1 user\r\n503 5.5.1 no\r\n")
+
+    first = await reader.read_reply(1.0)
+    second = await reader.read_reply(1.0)
+    third = await reader.read_reply(1.0)
+    assert (first.code, first.message) == (250, "2.1.0 OK")
+    assert (second.code, second.message) == (550, "5.1.1 no such")
+    assert (third.code, third.message) == (503, "5.5.1 no")
+    assert reader.is_open
+
+
+async def test_reply_without_command_is_invalid(connection) -> None:
+    reader, peer = connection
+    reader.send(b"RSET\r\n", 1)
+    await peer.reply(b"250 OK\r\n421 4.4.2 idle too long\r\n")
+
+    with pytest.raises(InvalidReplyError):
+        await reader.read_reply(1.0)
+    assert not reader.is_open
+
+
+async def test_malformed_reply_is_invalid(connection) -> None:
+    reader, peer = connection
+    reader.send(b"NOOP\r\n", 1)
+    await peer.reply(b"hello there\r\n")
+
+    with pytest.raises(InvalidReplyError):
+        await reader.read_reply(1.0)
+    assert not reader.is_open
+
+
+async def test_missing_reply_times_out(connection) -> None:
+    reader, _ = connection
+    reader.send(b"NOOP\r\n", 1)
+
+    with pytest.raises(ReplyTimeoutError):
+        await reader.read_reply(0.1)
+
+
+async def test_queued_reply_read_before_lost_connection(connection) -> None:
+    reader, peer = connection
+    reader.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\n", 2)
+    await peer.reply(b"421 4.3.2 shutting down\r\n")
+    await peer.close()
+
+    reply = await reader.read_reply(1.0)
+    assert reply.code == 421
+    with pytest.raises(ConnectionLostError):
+        await reader.read_reply(1.0)
+    with pytest.raises(ConnectionLostError):
+        reader.send(b"QUIT\r\n", 1)
