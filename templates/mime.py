@@ -1,11 +1,11 @@
 """Message content, envelope, header checks and the reference MIME builder.
 
-The message is multipart/alternative (text, then HTML), UTF-8 and
-quoted-printable, so no body line on the wire exceeds 76 octets however
-long a line the template produced. Every header value is checked for CR,
-LF and other control characters before anything is built.
+The message is multipart/alternative (text, then HTML) and UTF-8. Every
+header value is checked for CR, LF and other control characters before
+anything is built.
 
-``build_message_email`` builds the message with ``EmailMessage``. It is
+``build_message_email`` builds the message with ``EmailMessage``, with
+quoted-printable parts, so no body line exceeds 76 octets. It is
 the reference that the tests and ``bench/render.py`` compare the direct
 builder in ``wire.py`` against; the flows send the direct builder's bytes.
 """

@@ -3,20 +3,34 @@
 ``EmailMessage`` parses, folds and re-serialises every header and part on
 each message: in ``bench/render.py`` that took about 1.7 ms of CPU per
 message, against about 0.07 ms for the Jinja render itself. This builder
-joins precomputed header lines and part headers with the two bodies,
-quoted-printable encoded by ``binascii.b2a_qp`` (C code). The output is
-what ``build_message_email`` in ``mime.py`` would send: the tests parse
-both with the standard library and compare headers, parts and bodies.
+joins precomputed header lines and part headers with the two encoded
+bodies. The output carries what ``build_message_email`` in ``mime.py``
+would send: the tests parse both with the standard library and compare
+headers, parts and decoded bodies.
+
+Each part picks its transfer encoding from two C-level checks:
+
+- ``7bit`` (the body as it is) when the text is ASCII, no line exceeds
+  998 octets (RFC 5322 section 2.1.1) and it contains no NUL and no copy
+  of the boundary;
+- ``base64`` otherwise, in lines of 76 characters. For the 3 kB HTML
+  part of the shipped appointment reminder, timed with ``timeit`` on a
+  2-core development machine, quoted-printable (``binascii.b2a_qp``) took
+  20-38 us, base64 about 10 us and the 7bit checks about 3 us.
+  SpamAssassin's MIME_BASE64_TEXT rule does not fire on base64 text parts
+  whose charset is utf-8 (``Mail::SpamAssassin::Plugin::MIMEEval``).
 
 Wire rules kept here:
 
-- every line ends in CRLF and no line exceeds 78 octets, except
-  ``List-Unsubscribe``, whose URL is not folded (at most 998 octets,
-  checked in ``mime.check_envelope``);
+- every line ends in CRLF. Header lines and base64 lines stay within 78
+  octets, except ``List-Unsubscribe``, whose URL is not folded (at most
+  998 octets, checked in ``mime.check_envelope``). 7bit body lines stay
+  within 998 octets;
 - a subject that is not short ASCII is sent as RFC 2047 base64
   encoded-words of at most 42 UTF-8 bytes, never splitting a character;
-- the MIME boundary starts with ``=_``, which quoted-printable output
-  cannot contain, so no body line can be taken for a boundary.
+- the MIME boundary starts with ``=_``, which base64 output cannot
+  contain and a 7bit body is checked not to contain, so no body line can
+  be taken for a boundary.
 """
 
 from __future__ import annotations
@@ -50,12 +64,14 @@ _MAX_PLAIN_SUBJECT = 69
 # 42 bytes of UTF-8 are 56 base64 characters: "Subject: =?utf-8?b?...?=" is
 # 77 octets, and each encoded-word stays under RFC 2047's 75 characters.
 _WORD_BYTES = 42
+# RFC 5322 section 2.1.1: at most 998 octets per line, without the CRLF.
+MAX_LINE_OCTETS = 998
+# RFC 2045 section 6.8: base64 lines of at most 76 characters.
+_BASE64_LINE = 76
 _PART_HEAD = (
     b'Content-Type: text/%s; charset="utf-8"\r\n'
-    b"Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+    b"Content-Transfer-Encoding: %s\r\n\r\n"
 )
-_TEXT_HEAD = _PART_HEAD % b"plain"
-_HTML_HEAD = _PART_HEAD % b"html"
 
 
 def build_message(content: RenderedContent, envelope: Envelope) -> bytes:
@@ -82,15 +98,17 @@ def build_message(content: RenderedContent, envelope: Envelope) -> bytes:
     # The CRLF before a delimiter belongs to the delimiter (RFC 2046 section
     # 5.1.1), so each body's own final line break is followed by one more.
     delimiter = b"\r\n--" + boundary + b"\r\n"
+    text_encoding, text = encode_body(content.text, boundary)
+    html_encoding, html = encode_body(content.html, boundary)
     return b"".join(
         [
             b"\r\n".join(headers),
             b"\r\n\r\n--" + boundary + b"\r\n",
-            _TEXT_HEAD,
-            encode_body(content.text),
+            _PART_HEAD % (b"plain", text_encoding),
+            text,
             delimiter,
-            _HTML_HEAD,
-            encode_body(content.html),
+            _PART_HEAD % (b"html", html_encoding),
+            html,
             b"\r\n--" + boundary + b"--\r\n",
         ]
     )
@@ -143,13 +161,39 @@ def _utf8_chunks(text: str, limit: int) -> list[bytes]:
     return chunks
 
 
-def encode_body(text: str) -> bytes:
-    """Return ``text`` quoted-printable encoded, CRLF line ends, final newline."""
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
+def encode_body(text: str, boundary: bytes) -> tuple[bytes, bytes]:
+    """Encode a part body as 7bit or base64, with CRLF line ends.
+
+    Returns the ``Content-Transfer-Encoding`` value and the encoded body.
+    Line breaks are normalised to LF first and a final one is added, so the
+    decoded body is ``text`` with LF line ends and a final newline.
+    """
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
     if not text.endswith("\n"):
         text += "\n"
-    encoded = binascii.b2a_qp(text.encode("utf-8"), quotetabs=False, istext=True)
-    return encoded.replace(b"\n", b"\r\n")
+    if text.isascii():
+        data = text.encode("ascii")
+        if (
+            b"\0" not in data
+            and boundary not in data
+            and max(map(len, data.split(b"\n"))) <= MAX_LINE_OCTETS
+        ):
+            return b"7bit", data.replace(b"\n", b"\r\n")
+    else:
+        data = text.encode("utf-8")
+    return b"base64", _base64_lines(data)
+
+
+def _base64_lines(data: bytes) -> bytes:
+    # One C call encodes everything; slicing the result into lines costs
+    # less than encoding 57-byte chunks one by one (base64.encodebytes).
+    encoded = binascii.b2a_base64(data, newline=False)
+    lines = [
+        encoded[start : start + _BASE64_LINE]
+        for start in range(0, len(encoded), _BASE64_LINE)
+    ]
+    return b"\r\n".join(lines) + b"\r\n"
 
 
 def _boundary(message_id: str) -> bytes:

@@ -117,9 +117,11 @@ def test_preview_keeps_links_and_strips_marker() -> None:
     assert rewriter.rewrite_text("see https://a.example.test/") == "see https://a.example.test/"
 
 
-def test_tracked_links_survive_quoted_printable(
-    shipped: TemplateLibrary, profile: dict[str, object]
+@pytest.mark.parametrize(("language", "encoding"), [("en", "7bit"), ("es", "base64")])
+def test_tracked_links_survive_encoding(
+    shipped: TemplateLibrary, profile: dict[str, object], language: str, encoding: str
 ) -> None:
+    profile["language"] = language
     content = shipped.get("diabetes_education").render(
         profile, profile_id="p17", tracking=tracking(123456789)
     )
@@ -127,6 +129,7 @@ def test_tracked_links_survive_quoted_printable(
     message = email.message_from_bytes(raw, policy=email.policy.default)
     html_part = message.get_body(("html",))
     assert html_part is not None
+    assert html_part["Content-Transfer-Encoding"] == encoding
     decoded = html_part.get_content()
 
     assert max(len(line) for line in raw.split(b"\r\n")) <= 998

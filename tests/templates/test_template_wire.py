@@ -53,14 +53,54 @@ def body(message: EmailMessage, subtype: str) -> str:
     return part.get_content().replace("\r\n", "\n")
 
 
+def split_parts(raw: bytes) -> list[tuple[list[bytes], list[bytes]]]:
+    """Split the wire bytes into (header lines, body lines) per part."""
+    head = raw.partition(b"\r\n\r\n")[0]
+    match = re.search(rb'boundary="([^"]+)"', head)
+    assert match is not None, "no boundary parameter"
+    delimiter = b"\r\n--" + match[1]
+    sections = raw.split(delimiter)
+    assert sections[-1] == b"--\r\n", "missing close delimiter"
+    parts = []
+    for section in sections[1:-1]:
+        assert section.startswith(b"\r\n")
+        part_head, _, part_body = section[2:].partition(b"\r\n\r\n")
+        parts.append((part_head.split(b"\r\n"), part_body.split(b"\r\n")))
+    return parts
+
+
+def transfer_encodings(raw: bytes) -> list[str]:
+    encodings = []
+    for head, _ in split_parts(raw):
+        values = [
+            line.split(b":", 1)[1].strip().decode()
+            for line in head
+            if line.lower().startswith(b"content-transfer-encoding:")
+        ]
+        assert len(values) == 1, head
+        encodings.append(values[0])
+    return encodings
+
+
 def assert_wire_clean(raw: bytes) -> None:
+    """Check CRLF line ends and the line limits of headers and each part."""
     assert raw.isascii()
     assert raw.endswith(b"\r\n")
     assert b"\r\n" in raw
     assert re.search(rb"[^\r]\n", raw) is None, "bare LF on the wire"
-    for line in raw.split(b"\r\n"):
+    assert re.search(rb"\r[^\n]", raw) is None, "bare CR on the wire"
+    for line in raw.partition(b"\r\n\r\n")[0].split(b"\r\n"):
         limit = 998 if line.startswith(b"List-Unsubscribe:") else 78
         assert len(line) <= limit, line[:80]
+    for (head, lines), encoding in zip(split_parts(raw), transfer_encodings(raw)):
+        assert all(len(line) <= 78 for line in head), head
+        assert encoding in ("7bit", "base64"), encoding
+        # RFC 2045: base64 lines of at most 76 characters; RFC 5322: any
+        # line at most 998 octets.
+        limit = 76 if encoding == "base64" else 998
+        for line in lines:
+            assert len(line) <= limit, line[:80]
+            assert b"\0" not in line
 
 
 def assert_same_message(content: RenderedContent) -> None:
