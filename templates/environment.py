@@ -21,7 +21,7 @@ from jinja2 import FileSystemLoader, StrictUndefined, TemplateNotFound, pass_con
 from jinja2.environment import Environment
 from jinja2.exceptions import TemplateRuntimeError
 from jinja2.environment import TemplateModule
-from jinja2.runtime import Context
+from jinja2.runtime import Context, Macro
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 HTML_SUFFIX = ".html.j2"
@@ -259,6 +259,9 @@ class PracticeView:
     website: str
 
 
+_PRACTICE_FIELDS = frozenset(PracticeView.__dataclass_fields__)
+
+
 class Sandbox(ImmutableSandboxedEnvironment):
     """The immutable sandbox, with a fast path for two known-safe kinds.
 
@@ -267,7 +270,10 @@ class Sandbox(ImmutableSandboxedEnvironment):
     known mutable types) took a quarter of a render in a profile. For
     public attributes of the practice view and of imported template
     modules those checks always return True, so they are skipped there.
-    Everything else takes the generic path.
+    ``getattr`` returns a practice field or a module's macro directly, and
+    ``call`` calls a macro directly: for these values the generic path
+    returns the same object and finds a macro safe to call. Everything
+    else takes the generic path.
     """
 
     fast_types: tuple[type, ...] = (TemplateModule, PracticeView)
@@ -276,6 +282,37 @@ class Sandbox(ImmutableSandboxedEnvironment):
         if type(obj) in self.fast_types and not attr.startswith("_"):
             return True
         return super().is_safe_attribute(obj, attr, value)
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        kind = type(obj)
+        if kind is PracticeView and attribute in _PRACTICE_FIELDS:
+            # The values are plain str, so there is no str.format method to wrap.
+            return getattr(obj, attribute)
+        if kind is TemplateModule and not attribute.startswith("_"):
+            value = obj.__dict__.get(attribute)
+            if type(value) is Macro:
+                return value
+        return super().getattr(obj, attribute)
+
+    def call(
+        __self,  # noqa: B902 (Jinja's signature, so no keyword can clash)
+        __context: Context,
+        __obj: Any,
+        *args: Any,
+        **kwargs: Any,
+    ) -> Any:
+        if type(__obj) is Macro:
+            # What Context.call does for a callable without pass_context.
+            kwargs.pop("_block_vars", None)
+            kwargs.pop("_loop_vars", None)
+            try:
+                return __obj(*args, **kwargs)
+            except StopIteration:
+                return __context.environment.undefined(
+                    "value was undefined because a callable raised a"
+                    " StopIteration exception"
+                )
+        return super().call(__context, __obj, *args, **kwargs)
 
 
 def _configure(env: ImmutableSandboxedEnvironment) -> ImmutableSandboxedEnvironment:
@@ -295,6 +332,10 @@ def html_environment(
         autoescape=True,
         finalize=finalize_output,
         auto_reload=False,
+        # A plain dict: every render looks its layout and partials up by
+        # name, and the bounded LRU cache costs a lock and a reorder per
+        # lookup. The library folder bounds the number of templates.
+        cache_size=-1,
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
@@ -309,6 +350,7 @@ def text_environment(folder: Path) -> ImmutableSandboxedEnvironment:
         autoescape=False,
         finalize=finalize_output,
         auto_reload=False,
+        cache_size=-1,  # a plain dict, as in html_environment
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,

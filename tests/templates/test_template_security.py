@@ -181,3 +181,64 @@ def test_fast_path_keeps_private_attributes_out() -> None:
     for target in (view, module):
         for name in ("__class__", "__init__", "__dict__", "_body_stream"):
             assert isinstance(env.getattr(target, name), Undefined)
+
+    assert env.getattr(module, "footer") is module.footer
+    assert isinstance(env.getattr(module, "no_such_macro"), Undefined)
+    assert isinstance(env.getattr(view, "no_such_field"), Undefined)
+
+
+MACRO_SOURCES = {
+    "macros.html": (
+        '{% macro card(title, body="none") -%}'
+        "[{{ title }}|{{ body }}|{{ varargs | join(',') }}|{{ varargs | length }}]"
+        "{%- endmacro %}"
+        "{% macro wrap(label) -%}<{{ label }}:{{ caller() }}>{%- endmacro %}"
+        "{% set constant = 'c' %}"
+    ),
+    "page.html": (
+        '{% import "macros.html" as blocks %}'
+        '{% macro local(x) %}({{ x }}){% endmacro %}'
+        '{{ blocks.card("a") }} {{ blocks.card("b", body="<i>") }} '
+        '{{ blocks.card("c", "d", "e", "f") }} {{ local(name) }} '
+        '{% call blocks.wrap("w") %}inner {{ name }}{% endcall %} '
+        "{{ blocks.constant }} {{ practice.name }} {{ practice.website }}"
+    ),
+}
+
+
+def test_fast_paths_match_generic_sandbox() -> None:
+    from carepost.templates.environment import Sandbox
+    from carepost.templates.rendering import practice_view
+    from jinja2 import DictLoader, StrictUndefined
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    from .conftest import PRACTICE
+
+    context = {"name": "Zoë <b>", "practice": practice_view(PRACTICE)}
+    outputs = []
+    for kind in (Sandbox, ImmutableSandboxedEnvironment):
+        env = kind(
+            loader=DictLoader(MACRO_SOURCES),
+            autoescape=True,
+            undefined=StrictUndefined,
+            cache_size=-1,
+        )
+        outputs.append(env.get_template("page.html").render(context))
+
+    assert outputs[0] == outputs[1]
+    assert "[b|&lt;i&gt;||0]" in outputs[0]
+    assert "[c|d|e,f|2]" in outputs[0]
+    assert "<w:inner Zoë &lt;b&gt;>" in outputs[0]
+
+
+def test_unsafe_call_still_rejected() -> None:
+    from carepost.templates.environment import Sandbox
+    from jinja2 import DictLoader, StrictUndefined
+    from jinja2.exceptions import SecurityError
+
+    env = Sandbox(
+        loader=DictLoader({"t": "{% set xs = [1] %}{{ xs.append(2) }}{{ xs.pop() }}"}),
+        undefined=StrictUndefined,
+    )
+    with pytest.raises(SecurityError):
+        env.get_template("t").render()
