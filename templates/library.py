@@ -26,7 +26,8 @@ from carepost.templates.environment import (
     split_front_matter,
     text_environment,
 )
-from carepost.templates.errors import TemplateSpecError
+from carepost.templates.errors import HeaderInjectionError, TemplateSpecError
+from carepost.templates.mime import check_header_value
 from carepost.templates.rendering import (
     CompiledVersion,
     MessageTemplate,
@@ -34,7 +35,7 @@ from carepost.templates.rendering import (
 )
 from carepost.templates.spec import TemplateSpec, parse_spec, parse_version_spec
 from carepost.templates.styles import STYLESHEET, Stylesheet, source_transform
-from jinja2 import Template, TemplateError
+from jinja2 import Template, TemplateError, meta
 
 _NAME = re.compile(r"[a-z][a-z0-9_]*\Z")
 _LANGUAGE = re.compile(r"[a-z]{2,3}\Z")
@@ -146,19 +147,43 @@ class TemplateLibrary:
         digest.update(spec.path.read_bytes())
         for file in files:
             digest.update(b"\0" + file.name.encode() + b"\0" + file.source.encode())
+        subject = self._compile(spec, lambda: self._text_env.from_string(spec.subject))
+        preheader = self._compile(
+            spec, lambda: self._text_env.from_string(spec.preheader)
+        )
         return CompiledVersion(
             spec=spec,
-            subject=self._compile(spec, lambda: self._text_env.from_string(spec.subject)),
-            preheader=self._compile(
-                spec, lambda: self._text_env.from_string(spec.preheader)
-            ),
+            subject=subject,
+            preheader=preheader,
             html=self._compile(spec, lambda: self._html_env.get_template(html_name)),
             text=(
                 self._compile(spec, lambda: self._text_env.get_template(text_name))
                 if has_text
                 else None
             ),
+            fixed_subject=self._fixed_line("Subject", spec.subject, subject),
+            fixed_preheader=self._fixed_line(None, spec.preheader, preheader),
         )
+
+    def _fixed_line(
+        self, header: str | None, source: str, template: Template
+    ) -> str | None:
+        """Render a subject or preheader now if it reads no profile field.
+
+        Returns None when it reads one, or when rendering it fails, so the
+        per-message render runs and reports the problem with the profile id.
+        """
+        names = meta.find_undeclared_variables(self._text_env.parse(source))
+        if not names <= {"practice"}:
+            return None
+        try:
+            line = template.render({"practice": self._practice}).strip()
+            if header is not None:
+                check_header_value(header, line)
+        except (TemplateError, HeaderInjectionError, ArithmeticError, LookupError,
+                TypeError, ValueError):
+            return None
+        return line
 
     def _compile(self, spec: TemplateSpec, build: Callable[[], Template]) -> Template:
         try:

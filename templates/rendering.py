@@ -50,7 +50,10 @@ class CompiledVersion:
     """The compiled templates of one language version of a library template.
 
     ``text`` is None when the version has no text file: the text part is
-    then derived from the rendered HTML.
+    then derived from the rendered HTML. ``fixed_subject`` and
+    ``fixed_preheader`` hold the rendered line when it reads no profile
+    field (only ``practice``, which is the same for every message), so it
+    is rendered once at load instead of once per message.
     """
 
     spec: TemplateSpec
@@ -58,6 +61,8 @@ class CompiledVersion:
     preheader: Template
     html: Template
     text: Template | None
+    fixed_subject: str | None = None
+    fixed_preheader: str | None = None
 
     @property
     def language(self) -> str:
@@ -131,9 +136,13 @@ class MessageTemplate:
         language = profile.get("language") if "language" in self.fields else None
         compiled = self.choose(language)
         context = self._context(compiled.spec, profile, profile_id)
-        subject = self._run(compiled.subject, context, profile_id).strip()
-        preheader = self._run(compiled.preheader, context, profile_id).strip()
-        check_header_value("Subject", subject)
+        subject = compiled.fixed_subject
+        if subject is None:
+            subject = self._run(compiled.subject, context, profile_id).strip()
+            check_header_value("Subject", subject)
+        preheader = compiled.fixed_preheader
+        if preheader is None:
+            preheader = self._run(compiled.preheader, context, profile_id).strip()
 
         page = {
             **context,

@@ -14,7 +14,12 @@ import pytest
 from carepost.core.phi import PHI
 from carepost.core.settings import Practice
 from carepost.core.states import Purpose
-from carepost.templates import RenderFailed, TemplateLibrary, TemplateSpecError
+from carepost.templates import (
+    HeaderInjectionError,
+    RenderFailed,
+    TemplateLibrary,
+    TemplateSpecError,
+)
 from carepost.templates.rendering import is_missing
 from .conftest import SHIPPED, WriteLibrary
 
@@ -318,3 +323,40 @@ def test_parses_back_without_defects(
     )
     assert parsed.defects == []
     assert parsed["Subject"] == SUBJECTS["diabetes_education"]
+
+
+def test_fixed_headlines_rendered_at_load(
+    write_library: WriteLibrary, profile: dict[str, object]
+) -> None:
+    template = write_library("<p>Hi {{ first_name }}</p>\n").get("sample")
+    version = template.choose(None)
+    content = template.render(profile, profile_id="p17")
+
+    assert version.fixed_subject == "Hello from Lakeside Family Clinic"
+    assert version.fixed_preheader == "A short note."
+    assert content.subject == "Hello from Lakeside Family Clinic"
+    assert content.preheader == "A short note."
+
+
+def test_personal_subject_rendered_per_message(
+    write_library: WriteLibrary, profile: dict[str, object]
+) -> None:
+    library = write_library("<p>Hi</p>\n", subject="{{ first_name }}, hello")
+    template = library.get("sample")
+    profile["first_name"] = PHI("Zoë")
+
+    assert template.choose(None).fixed_subject is None
+    assert template.render(profile, profile_id="p17").subject == "Zoë, hello"
+
+
+def test_fixed_subject_injection_still_fails(
+    write_library: WriteLibrary, profile: dict[str, object]
+) -> None:
+    folder = write_library("<p>Hi</p>\n").folder
+    practice = Practice(name="Clinic\r\nBcc: x@example.org", postal_address="1 Main St")
+    template = TemplateLibrary(folder, practice).get("sample")
+
+    assert template.choose(None).fixed_subject is None
+    with pytest.raises(HeaderInjectionError) as caught:
+        template.render(profile, profile_id="p17")
+    assert caught.value.header == "Subject"
