@@ -14,7 +14,8 @@ import asyncio
 import time
 import uuid
 from collections import Counter
-from datetime import date, datetime
+from datetime import UTC, date, datetime
+from functools import partial
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -30,12 +31,12 @@ from carepost.flows.audit_trail import (
     record_run_inputs,
     record_segment,
 )
-from carepost.flows.delivery import RunContext, deliver_batch
+from carepost.flows.delivery import RunContext, deliver_batch, settle_removed
 from carepost.flows.schedule import hold_for
 from carepost.flows.sync import sync_named_source
 from carepost.flows.warehouse import connect_for_writing
-from carepost.ledger import AuditLog, Inbox, Ledger
-from carepost.segments import SegmentLibrary
+from carepost.ledger import AuditLog, Inbox, Ledger, hash_address
+from carepost.segments import RecipientRules, RecipientSelection, SegmentLibrary
 from carepost.templates import TemplateLibrary
 
 BATCHES_IN_FLIGHT = 2
@@ -85,12 +86,23 @@ async def sync_source(run_token: str) -> dict[str, int]:
 
 
 @task(name="select-segment", persist_result=False, cache_policy=NO_CACHE)
-def select_segment(run_token: str) -> list[str]:
+def select_segment(run_token: str) -> RecipientSelection:
+    """Select the segment minus everyone the campaign must not reach.
+
+    The result contains profile ids and reasons only. The send-time checks
+    in ``flows/delivery.py`` still run for everyone kept.
+    """
     run = _RUNS[run_token]
     library = SegmentLibrary(run.settings.path(run.settings.segments_dir))
+    rules = RecipientRules(
+        purpose=run.campaign.purpose, ledger_url=run.settings.ledger_url,
+        address_hash=partial(hash_address, run.address_key),
+        frequency_cap=run.campaign.frequency_cap, run_key=run.run_key,
+        cap_until=datetime.now(UTC))
     try:
-        return library.select(run.warehouse, run.campaign.segment,
-                              as_of=run.run_date, stage=run.campaign.stage)
+        return library.select_recipients(run.warehouse, run.campaign.segment,
+                                         as_of=run.run_date, rules=rules,
+                                         stage=run.campaign.stage)
     except Exception as exc:
         raise _sanitised(f"segment {run.campaign.segment}", exc) from None
 
@@ -205,15 +217,20 @@ async def campaign_flow(campaign: str, run_date: str,
         _RUNS[token] = run
         try:
             quarantined = await sync_source(token)
-            profile_ids = select_segment(token)
-            logger.info("segment %s selected %d profiles", spec.segment,
-                        len(profile_ids))
+            selection = select_segment(token)
+            logger.info("segment %s selected %d profiles; %d removed before "
+                        "rendering (%s)", spec.segment, selection.segment_size,
+                        len(selection.removed_ids),
+                        ", ".join(f"{reason}: {count}" for reason, count
+                                  in selection.removed.items() if count) or "none")
             record_segment(run.audit, campaign=campaign, run_key=run.run_key,
-                           segment=spec.segment, count=len(profile_ids))
-            counts = await _deliver_all(token, run, profile_ids, settings.batch_size)
+                           segment=spec.segment, count=selection.segment_size)
+            counts = settle_removed(run, selection.removed_ids)
+            counts += await _deliver_all(token, run, selection.profile_ids,
+                                         settings.batch_size)
             pushed = await push_events(token)
             record_finished(run.audit, campaign=campaign, run_key=run.run_key,
-                            segment_size=len(profile_ids), counts=counts,
+                            segment_size=selection.segment_size, counts=counts,
                             events_pushed=pushed)
         finally:
             _RUNS.pop(token, None)
@@ -222,7 +239,7 @@ async def campaign_flow(campaign: str, run_date: str,
             run.audit.close()
 
     summary: dict[str, Any] = {"campaign": campaign, "run_date": day.isoformat(),
-                               "segment_size": len(profile_ids)}
+                               "segment_size": selection.segment_size}
     summary.update({state: counts.get(state, 0) for state in SUMMARY_STATES})
     summary["events_pushed"] = pushed
     summary["quarantined"] = sum(quarantined.values())

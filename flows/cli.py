@@ -179,8 +179,8 @@ def print_summaries(summaries: list[dict[str, Any]]) -> None:
     console.print(table)
     console.print(
         "dropped: no TLS = the server offered no verified TLS 1.2+; "
-        "suppressed = skipped by a send-time check (consent, deceased, "
-        "suppression list, frequency cap); outcome unknown = no reply after "
+        "suppressed = removed at selection or at send time (consent, "
+        "deceased, suppression list, frequency cap); outcome unknown = no reply after "
         "DATA, left in the ledger as 'sending' and not resent; quarantined = "
         "source rows set aside as malformed (see carepost sync).")
 

@@ -337,6 +337,53 @@ def _settle_outcome(run: RunContext, recipient: Recipient, delivery_id: int,
     return "expired" if expired else state
 
 
+def settle_removed(run: RunContext, removed: dict[str, str]) -> Counter[str]:
+    """Record the segment members the selection removed; return their counts.
+
+    ``removed`` maps profile ids to the reason, worded as ``_skip_reason``
+    words it. These profiles are never loaded or rendered, but each still
+    gets its ledger row, settled ``suppressed``, so the run's counts and a
+    re-run read the same as when the send-time check removes someone.
+    """
+    counts: Counter[str] = Counter()
+    ids = sorted(removed)
+    size = max(1, run.settings.batch_size)
+    for start in range(0, len(ids), size):
+        chunk = ids[start:start + size]
+        claims = run.ledger.claim_many([_removed_request(run, pid) for pid in chunk])
+        outcomes: dict[str, str] = {}
+        by_reason: dict[str, list[int]] = {}
+        for profile_id, claim in zip(chunk, claims):
+            if claim.status is ClaimStatus.DONE:
+                outcomes[profile_id] = "already_done"
+            elif claim.status is ClaimStatus.AMBIGUOUS:
+                log.warning("delivery %s to profile %s is in 'sending' from an "
+                            "earlier run; leaving it", claim.delivery_id, profile_id)
+                outcomes[profile_id] = "ambiguous"
+            else:
+                by_reason.setdefault(removed[profile_id], []).append(claim.delivery_id)
+                outcomes[profile_id] = str(DeliveryState.SUPPRESSED)
+        for reason, delivery_ids in by_reason.items():
+            run.ledger.settle_many(delivery_ids, Settlement(DeliveryState.SUPPRESSED,
+                                                            reason=reason))
+        if run.audit is not None:
+            record_batch(run.audit, run.ledger, campaign=run.campaign.name,
+                         run_key=run.run_key, outcomes=outcomes)
+        counts.update(outcomes.values())
+    return counts
+
+
+def _removed_request(run: RunContext, profile_id: str) -> ClaimRequest:
+    # The address is not read for a removed profile, so its hash stays empty.
+    return ClaimRequest(
+        campaign=run.campaign.name, run_key=run.run_key, profile_id=profile_id,
+        purpose=run.campaign.purpose,
+        fields={"template": run.template.name,
+                "template_version": run.template.version,
+                "message_id": _message_id(run, profile_id),
+                "address_hash": None})
+
+
 async def deliver_batch(run: RunContext, profile_ids: list[str]) -> Counter[str]:
     """Deliver to every profile of one batch; return this batch's counts."""
     run.sender.use_ledger(run.ledger.engine)

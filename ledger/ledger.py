@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 # ``suppressed`` covers consent, deceased and expiry, so those are final.
 _RETRYABLE = (DeliveryState.QUEUED, DeliveryState.DEFERRED,
               DeliveryState.RENDER_FAILED, DeliveryState.DROPPED_NO_TLS)
+# Ids per IN list, well under SQLite's limit on bound variables.
+_IN_LIST_SIZE = 900
 
 
 def hash_address(key: bytes, address: str) -> str:
@@ -167,6 +169,25 @@ class Ledger:
             if event_rows:
                 connection.execute(insert_skipping_duplicates(
                     self.engine, OutboxEvent.__table__, ["event_id"]), event_rows)
+
+    def settle_many(self, delivery_ids: Sequence[int], result: Settlement) -> int:
+        """Record one outcome for many claimed rows; return how many moved.
+
+        Only rows still in a retryable state move, so a row another run
+        took in the meantime keeps its state. No CDP events are queued.
+        """
+        moved = 0
+        with self.engine.begin() as connection:
+            for start in range(0, len(delivery_ids), _IN_LIST_SIZE):
+                chunk = list(delivery_ids[start:start + _IN_LIST_SIZE])
+                statement = (
+                    update(Delivery)
+                    .where(Delivery.id.in_(chunk), Delivery.state.in_(_RETRYABLE))
+                    .values(state=result.state.value, reason=result.reason,
+                            smtp_code=result.smtp_code, updated_at=utc_now())
+                )
+                moved += connection.execute(statement).rowcount
+        return moved
 
     # -- send-time checks ---------------------------------------------------
 

@@ -7,8 +7,8 @@ not the only one):
 
 1. deceased: any ``deceased_at``, even one after the run date;
 2. no email address;
-3. no consent for the purpose (``consent_marketing`` for marketing,
-   ``consent_contact`` for care);
+3. no consent: ``consent_contact`` for any email, and ``consent_marketing``
+   as well for marketing;
 4. the address is in the ledger's ``suppressions`` table with scope
    ``all`` or the purpose (unsubscribed, hard-bounced). The table stores a
    keyed hash of the address, so the caller passes the hash function and
@@ -43,16 +43,28 @@ from sqlalchemy import DateTime, bindparam, create_engine, inspect, make_url, te
 
 log = logging.getLogger(__name__)
 
-# Identifiers only: the consent column each purpose requires.
+# Identifiers only: the consent columns each purpose requires. Contact
+# consent is the floor for any email, as in the send-time check.
 CONSENT_COLUMNS = {
-    Purpose.MARKETING: "consent_marketing",
-    Purpose.CARE: "consent_contact",
+    Purpose.MARKETING: ("consent_contact", "consent_marketing"),
+    Purpose.CARE: ("consent_contact",),
 }
 SUPPRESSED_TABLE = "_carepost_suppressed"
 SENT_TABLE = "_carepost_recent_sends"
 
 # The reasons, in the order the send-time checks apply them.
 REASONS = ("deceased", "no_address", "no_consent", "suppressed", "frequency_cap")
+
+# Each reason as the send-time check in flows/delivery.py words it, so a
+# ledger row reads the same whichever check removed the profile.
+REASON_TEXT = {
+    "deceased": "deceased",
+    "no_address": "no email address",
+    "no_contact_consent": "no contact consent",
+    "no_marketing_consent": "no marketing consent",
+    "suppressed": "address on the suppression list",
+    "frequency_cap": "frequency cap reached",
+}
 
 
 @dataclass(frozen=True)
@@ -66,6 +78,10 @@ class RecipientRules:
     # Sends of this run key do not count towards the cap (a re-run of the
     # same date), as in ``Ledger.sent_since``.
     run_key: str | None = None
+    # End of the cap window. The campaign flow passes the current time, as
+    # the send-time check does. None means the earlier of now and the run
+    # date's end.
+    cap_until: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -76,6 +92,8 @@ class RecipientSelection:
     segment_size: int
     removed: dict[str, int] = field(default_factory=dict)
     ledger_read_by: str = ""
+    # Profile id -> the reason in REASON_TEXT's words, for the ledger.
+    removed_ids: dict[str, str] = field(default_factory=dict)
 
 
 def select_recipients(
@@ -86,7 +104,7 @@ def select_recipients(
     rules: RecipientRules,
 ) -> RecipientSelection:
     """Run ``compiled`` for ``as_of`` and remove everyone the rules exclude."""
-    cap_since = _cap_since(as_of, rules.frequency_cap)
+    cap_since = _cap_since(as_of, rules.frequency_cap, rules.cap_until)
     read_by = _load_ledger_rows(conn, rules, cap_since)
     function = f"_carepost_address_hash_{uuid.uuid4().hex[:12]}"
     _register_hash(conn, function, rules.address_hash)
@@ -98,40 +116,49 @@ def select_recipients(
         conn.execute(f"DROP TABLE IF EXISTS {SUPPRESSED_TABLE}")
         conn.execute(f"DROP TABLE IF EXISTS {SENT_TABLE}")
 
-    removed = Counter(reason for _id, reason in rows if reason is not None)
-    kept = [profile_id for profile_id, reason in rows if reason is None]
+    removed = Counter(reason for _id, reason, _detail in rows if reason is not None)
+    allowed = [profile_id for profile_id, reason, _detail in rows if reason is None]
+    removed_ids = {profile_id: REASON_TEXT[detail]
+                   for profile_id, reason, detail in rows if reason is not None}
     log.info(
         "recipients: %d of %d segment members kept, removed %s (ledger read by %s)",
-        len(kept),
+        len(allowed),
         len(rows),
         dict(removed),
         read_by,
     )
     return RecipientSelection(
-        profile_ids=kept,
+        profile_ids=allowed,
         segment_size=len(rows),
         removed={reason: removed.get(reason, 0) for reason in REASONS},
         ledger_read_by=read_by,
+        removed_ids=removed_ids,
     )
 
 
-def _cap_since(as_of: date, cap: FrequencyCap | None) -> datetime | None:
-    """Start of the cap window: ``per_days`` before the run, or before now.
+def _cap_since(
+    as_of: date, cap: FrequencyCap | None, until: datetime | None
+) -> datetime | None:
+    """Return the start of the cap window, ``per_days`` before its end.
 
-    The window ends at the earlier of now and the end of the run date, so a
-    run for today counts the same sends as the send-time check, and a run
-    for a past date counts the sends before that date.
+    The end is ``until`` when given. Otherwise it is the earlier of now and
+    the end of the run date, so a run for a past date counts the sends from
+    ``per_days`` before that date (and any since).
     """
     if cap is None:
         return None
-    run_end = datetime.combine(as_of + timedelta(days=1), time(), tzinfo=UTC)
-    return min(datetime.now(UTC), run_end) - timedelta(days=cap.per_days)
+    if until is None:
+        run_end = datetime.combine(as_of + timedelta(days=1), time(), tzinfo=UTC)
+        until = min(datetime.now(UTC), run_end)
+    return until - timedelta(days=cap.per_days)
 
 
 def _query(
     compiled: CompiledSegment, as_of: date, rules: RecipientRules, function: str
 ) -> tuple[str, dict[str, Any]]:
-    consent = CONSENT_COLUMNS[rules.purpose]
+    contact, *marketing = CONSENT_COLUMNS[rules.purpose]
+    no_marketing = (f"NOT coalesce(p.{marketing[0]}, false)" if marketing
+                    else "false")
     cap = rules.frequency_cap
     capped = "coalesce(sent.sent, 0) >= $cap_max" if cap is not None else "false"
     sql = f"""
@@ -142,27 +169,35 @@ members AS (
     SELECT s.profile_id,
         p.deceased_at IS NOT NULL AS deceased,
         (p.email IS NULL OR trim(p.email) = '') AS no_address,
-        NOT coalesce(p.{consent}, false) AS no_consent,
+        NOT coalesce(p.{contact}, false) AS no_contact,
+        {no_marketing} AS no_marketing,
         p.email
     FROM segment AS s JOIN profiles AS p ON p.profile_id = s.profile_id
 ),
 hashed AS (
-    SELECT profile_id, deceased, no_address, no_consent,
+    SELECT profile_id, deceased, no_address, no_contact, no_marketing,
         CASE WHEN NOT no_address THEN {function}(email) END AS address_hash
     FROM members
+),
+reasons AS (
+    SELECT h.profile_id,
+        CASE
+            WHEN h.deceased THEN 'deceased'
+            WHEN h.no_address THEN 'no_address'
+            WHEN h.no_contact THEN 'no_contact_consent'
+            WHEN h.no_marketing THEN 'no_marketing_consent'
+            WHEN h.address_hash IN (SELECT address_hash FROM {SUPPRESSED_TABLE})
+                THEN 'suppressed'
+            WHEN {capped} THEN 'frequency_cap'
+        END AS detail
+    FROM hashed AS h
+    LEFT JOIN {SENT_TABLE} AS sent ON sent.profile_id = h.profile_id
 )
-SELECT h.profile_id,
-    CASE
-        WHEN h.deceased THEN 'deceased'
-        WHEN h.no_address THEN 'no_address'
-        WHEN h.no_consent THEN 'no_consent'
-        WHEN h.address_hash IN (SELECT address_hash FROM {SUPPRESSED_TABLE})
-            THEN 'suppressed'
-        WHEN {capped} THEN 'frequency_cap'
-    END AS reason
-FROM hashed AS h
-LEFT JOIN {SENT_TABLE} AS sent ON sent.profile_id = h.profile_id
-ORDER BY h.profile_id
+SELECT profile_id,
+    CASE WHEN detail LIKE '%_consent' THEN 'no_consent' ELSE detail END AS reason,
+    detail
+FROM reasons
+ORDER BY profile_id
 """
     params = compiled.bind(as_of)
     if cap is not None:

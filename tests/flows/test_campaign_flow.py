@@ -38,8 +38,10 @@ def delivered(tmp_path_factory, prefect_api):
     project = make_project(folder)
     members = segment_members("missed_appointment")
     assert len(members) >= 2, "the shipped export must fill this segment"
+    # The last member withdrew consent: the selection removes them.
     project.rewrite_profiles({members[0]: {"first_name": MARKER_NAME,
-                                           "email": MARKER_ADDRESS}})
+                                           "email": MARKER_ADDRESS},
+                              members[-1]: {"consent_contact": "false"}})
     with LocalTlsSmtpServer(folder / "mailbox") as server:
         project.set_smtp(host=server.host, port=server.port,
                          ca_file=str(server.ca_file))
@@ -69,6 +71,19 @@ def test_rerun_sends_nothing_new(delivered) -> None:
     assert second["sent"] == 0
     assert second["already_done"] == first["segment_size"]
     assert len(mailbox.Maildir(maildir)) == first["sent"]
+
+
+def test_removed_member_recorded_unread(delivered) -> None:
+    """A member the selection removes gets a ledger row, no address read."""
+    project, _, first, _, members, _ = delivered
+    with sqlite3.connect(project.state / "ledger.db") as db:
+        state, reason, address_hash = db.execute(
+            "SELECT state, reason, address_hash FROM deliveries"
+            " WHERE profile_id = ?", (members[-1],)).fetchone()
+    assert state == "suppressed"
+    assert reason == "no contact consent"
+    assert address_hash is None
+    assert first["suppressed"] >= 1
 
 
 def test_sent_rows_record_tls(delivered) -> None:

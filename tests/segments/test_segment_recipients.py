@@ -143,7 +143,37 @@ def test_consent_follows_purpose(people: SegmentWorld, ledger: Ledger) -> None:
         as_of=RUN_DATE,
         rules=rules(ledger, purpose=Purpose.MARKETING),
     )
+    # Marketing needs contact consent as well, which 'noconsent' lacks.
+    assert marketing.profile_ids == []
+    assert marketing.removed_ids["noconsent"] == "no contact consent"
+    assert marketing.removed_ids["ok"] == "no marketing consent"
+    assert marketing.removed["no_consent"] == 4
+
+    people.conn.execute(
+        "UPDATE profiles SET consent_contact = true WHERE profile_id = 'noconsent'"
+    )
+    marketing = people.library().select_recipients(
+        people.conn,
+        "everyone",
+        as_of=RUN_DATE,
+        rules=rules(ledger, purpose=Purpose.MARKETING),
+    )
     assert marketing.profile_ids == ["noconsent"]
+
+
+def test_removed_ids_carry_reasons(people: SegmentWorld, ledger: Ledger) -> None:
+    ledger.suppress(
+        hash_address(KEY, "unsub@example.test"), scope="all", reason="unsubscribed"
+    )
+    selection = people.library().select_recipients(
+        people.conn, "everyone", as_of=RUN_DATE, rules=rules(ledger)
+    )
+    assert selection.removed_ids == {
+        "dead": "deceased",
+        "noaddr": "no email address",
+        "noconsent": "no contact consent",
+        "unsub": "address on the suppression list",
+    }
 
 
 def test_cap_window_and_purpose(people: SegmentWorld, ledger: Ledger) -> None:
@@ -245,3 +275,22 @@ def test_lifecycle_stage(world: SegmentWorld, ledger: Ledger) -> None:
         world.conn, "life", as_of=RUN_DATE, rules=rules(ledger), stage="adult"
     )
     assert adults.profile_ids == ["old"]
+
+
+def test_cap_until_sets_window(people: SegmentWorld, ledger: Ledger) -> None:
+    """A past-date run told to end the window now counts what send time counts."""
+    now = datetime.now(UTC)
+    send(ledger, "busy", "older", now - timedelta(days=10))
+    cap = FrequencyCap(max_messages=1, per_days=7)
+    from_run_date = people.library().select_recipients(
+        people.conn, "everyone", as_of=RUN_DATE, rules=rules(ledger, frequency_cap=cap)
+    )
+    assert "busy" not in from_run_date.profile_ids
+
+    until_now = people.library().select_recipients(
+        people.conn,
+        "everyone",
+        as_of=RUN_DATE,
+        rules=rules(ledger, frequency_cap=cap, cap_until=now),
+    )
+    assert "busy" in until_now.profile_ids
