@@ -21,6 +21,7 @@ import asyncio
 import re
 import ssl
 from dataclasses import dataclass
+from typing import cast
 
 from aiosmtplib import (
     SMTP,
@@ -184,10 +185,11 @@ class SmtpSession:
         self._smtputf8 = client.supports_extension("smtputf8")
         self._client = client
         # aiosmtplib drops its transport reference when it closes itself,
-        # so keep it here for _abort.
-        transport = client.transport
-        if not isinstance(transport, asyncio.Transport):
+        # so keep it here for _abort. uvloop's TLS transport has the methods
+        # of asyncio.Transport without subclassing it, hence the cast.
+        if client.transport is None:
             raise TransportError("connection lost after AUTH")
+        transport = cast(asyncio.Transport, client.transport)
         self._transport = transport
         self._reader = ReplyReader(transport)
         self._timeout_seconds = timeout_seconds
@@ -479,8 +481,10 @@ def _abort(client: SMTP, transport: asyncio.BaseTransport | None) -> None:
     session is over either way, after QUIT or after an error.
     """
     client.close()
-    if isinstance(transport, asyncio.Transport):
-        transport.abort()
+    # uvloop's TLS transport has abort() without subclassing asyncio.Transport.
+    abort = getattr(transport, "abort", None)
+    if abort is not None:
+        abort()
 
 
 def _enhanced_status(message: str) -> str:

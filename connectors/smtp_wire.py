@@ -254,7 +254,11 @@ def encode_content(data: bytes) -> bytes:
     """
     if not data:
         return b".\r\n"
-    content = _LINE_BREAK.sub(b"\r\n", data)
+    content = data
+    line_ends = data.count(b"\r\n")
+    if data.count(b"\n") != line_ends or data.count(b"\r") != line_ends:
+        # A bare CR or LF: rewrite every line end as CRLF.
+        content = _LINE_BREAK.sub(b"\r\n", data)
     if content.startswith(b"."):
         content = b"." + content
     content = content.replace(b"\r\n.", b"\r\n..")

@@ -262,3 +262,18 @@ async def test_pipelining_server_without_tls_gets_no_mail(
     assert server.count("MAIL") == 0
     assert server.count("RCPT") == 0
     assert b"MAIL" not in bytes(server.plaintext).upper()
+
+
+def test_pipelined_send_on_uvloop(
+    start_server: StartServer, settings_for: SettingsFor
+) -> None:
+    # uvloop's TLS transport does not subclass asyncio.Transport, and the
+    # session must still take it over from aiosmtplib.
+    uvloop = pytest.importorskip("uvloop")
+    server = pipelining_server(start_server)
+
+    outcomes = uvloop.run(send_batch(settings_for(server), ["ana", "ben"]))
+
+    assert [outcome.state for outcome in outcomes] == [DeliveryState.SENT] * 2
+    assert len(reads_with_mail(server)) == 2
+    assert delivered_bodies(server) == ["Hello ana", "Hello ben"]

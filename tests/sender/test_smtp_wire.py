@@ -1,4 +1,4 @@
-"""ReplyReader on a real loopback TCP connection, fed by a scripted server."""
+"""The wire format: command lines, DATA content, and ReplyReader on real TCP."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from carepost.connectors.smtp_wire import (
     InvalidReplyError,
     ReplyReader,
     ReplyTimeoutError,
+    encode_content,
+    envelope_commands,
 )
 
 
@@ -121,3 +123,53 @@ async def test_queued_reply_read_before_lost_connection(connection) -> None:
         await reader.read_reply(1.0)
     with pytest.raises(ConnectionLostError):
         reader.send(b"QUIT\r\n", 1)
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b"", b".\r\n"),
+        (b"a\r\nb\r\n", b"a\r\nb\r\n.\r\n"),
+        (b"a\r\nb", b"a\r\nb\r\n.\r\n"),
+        (b"a\nb\rc\r\n", b"a\r\nb\r\nc\r\n.\r\n"),
+        (b".a\r\n.\r\nb\r\n", b"..a\r\n..\r\nb\r\n.\r\n"),
+        (b"a\n.b\n", b"a\r\n..b\r\n.\r\n"),
+        (b"a\r\n\r\n", b"a\r\n\r\n.\r\n"),
+    ],
+    ids=["empty", "crlf", "no-final-crlf", "bare-lf-and-cr", "dots", "dot-after-lf",
+         "blank-line"],
+)
+def test_content_line_ends_and_dots(data: bytes, expected: bytes) -> None:
+    assert encode_content(data) == expected
+
+
+def test_envelope_commands_lines() -> None:
+    mail, rcpt, data = envelope_commands("a@example.org", "b@example.org", False)
+
+    assert mail.line == b"MAIL FROM:<a@example.org>\r\n"
+    assert rcpt.line == b"RCPT TO:<b@example.org>\r\n"
+    assert data.line == b"DATA\r\n"
+    assert rcpt.accepted == (250, 251)
+
+
+def test_envelope_commands_smtputf8() -> None:
+    mail, rcpt, _ = envelope_commands("a@example.org", "zoë@example.org", True)
+
+    assert mail.line == b"MAIL FROM:<a@example.org> SMTPUTF8\r\n"
+    assert rcpt.line == "RCPT TO:<zoë@example.org>\r\n".encode()
+
+
+@pytest.mark.parametrize(
+    "recipient",
+    ["b@example.org> NOTIFY=NEVER", "b\r\nRCPT TO:<c@example.org", "zo\u3000ë@example.org",
+     'b"@example.org', "b\x00@example.org"],
+    ids=["parameter", "crlf", "unicode-space", "quote", "nul"],
+)
+def test_envelope_commands_reject_unsafe(recipient: str) -> None:
+    with pytest.raises(ValueError, match="envelope recipient contains a character"):
+        envelope_commands("a@example.org", recipient, True)
+
+
+def test_envelope_commands_ascii_without_smtputf8() -> None:
+    with pytest.raises(UnicodeEncodeError):
+        envelope_commands("a@example.org", "zoë@example.org", False)
