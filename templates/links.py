@@ -20,6 +20,7 @@ import html
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 UNTRACKED_ATTRIBUTE = "data-untracked"
 
@@ -73,10 +74,9 @@ class LinkRewriter:
             'height="1" alt="" style="display: block; width: 1px; height: 1px; '
             'border: 0;">'
         )
-        ends = list(_BODY_END.finditer(page))
-        if not ends:
+        cut = _last_body_end(page)
+        if cut is None:
             return page + pixel
-        cut = ends[-1].start()
         return page[:cut] + pixel + "\n" + page[cut:]
 
     def rewrite_text(self, text: str) -> str:
@@ -86,23 +86,17 @@ class LinkRewriter:
         return _TEXT_URL.sub(self._rewrite_text_url, text)
 
     def _rewrite_tag(self, match: re.Match[str]) -> str:
-        tag = match[0]
-        untracked = _UNTRACKED.search(tag) is not None
-        if untracked:
-            tag = _UNTRACKED.sub("", tag)
-        href = _HREF.search(tag)
-        if href is None:
-            return tag
-        raw = next(value for value in href.groups()[1:] if value is not None)
-        url = html.unescape(raw)
-        if untracked:
+        parsed = _parse_tag(match[0])
+        url = parsed.url
+        if url is None:
+            return parsed.tag
+        if parsed.untracked:
             self._untracked.add(url)
-            return tag
+            return parsed.tag
         tracked = self._tracked(url)
         if tracked is None:
-            return tag
-        replacement = f'{href[1]}"{html.escape(tracked)}"'
-        return tag[: href.start()] + replacement + tag[href.end() :]
+            return parsed.tag
+        return f'{parsed.before}"{html.escape(tracked)}"{parsed.after}'
 
     def _rewrite_text_url(self, match: re.Match[str]) -> str:
         url = match[0]
@@ -123,3 +117,49 @@ class LinkRewriter:
             tracked = self._tracking.click_url(len(self._tracked_urls), url)
             self._tracked_urls[url] = tracked
         return tracked
+
+
+@dataclass(frozen=True, slots=True)
+class _ParsedTag:
+    """An ``<a>`` start tag split around its ``href`` value."""
+
+    tag: str  # the tag without the untracked marker
+    url: str | None  # the unescaped href value; None without an href
+    before: str  # the tag up to and including "href="
+    after: str  # the tag after the href value and its quotes
+    untracked: bool
+
+
+# Autoescaping keeps profile values from creating tags, so the <a> tags of
+# a message come from the template source and repeat in every message of a
+# template version: each distinct tag is parsed once. Tags that differ per
+# message (the unsubscribe link, an href built from a field) pass through
+# the bounded in-memory cache, which keeps the most recently used tags.
+@lru_cache(maxsize=512)
+def _parse_tag(tag: str) -> _ParsedTag:
+    untracked = _UNTRACKED.search(tag) is not None
+    if untracked:
+        tag = _UNTRACKED.sub("", tag)
+    href = _HREF.search(tag)
+    if href is None:
+        return _ParsedTag(tag, None, "", "", untracked)
+    raw = next(value for value in href.groups()[1:] if value is not None)
+    return _ParsedTag(
+        tag=tag,
+        url=html.unescape(raw),
+        before=tag[: href.start()] + href[1],
+        after=tag[href.end() :],
+        untracked=untracked,
+    )
+
+
+def _last_body_end(page: str) -> int | None:
+    """Return where the last ``</body>`` starts, searching from the end."""
+    end = len(page)
+    while True:
+        start = page.rfind("</", 0, end)
+        if start < 0:
+            return None
+        if _BODY_END.match(page, start):
+            return start
+        end = start

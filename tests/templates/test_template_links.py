@@ -170,3 +170,46 @@ def test_flow_render_tracks_links(
     clicks = [claims(href) for href in hrefs if href != unsubscribe]
     assert {claim.delivery_id for claim in clicks} == {99}
     assert "/o/" in html_part.get_content()
+
+
+def test_repeated_tags_rewritten_each_message() -> None:
+    page = (
+        '<body><a data-untracked href="https://a.example.test/">a</a>\n'
+        '<a class="b" href="https://b.example.test/?x=1&amp;y=2" id="b">b</a>\n'
+        '<a href="https://links.example.test/u/{}">u</a></body>'
+    )
+    for delivery_id in (1, 2, 3):
+        unsubscribe = f"https://links.example.test/u/{delivery_id}"
+        rewriter = LinkRewriter(tracking(delivery_id), unsubscribe)
+        html = rewriter.rewrite_html(page.format(delivery_id))
+        hrefs = [unescape(href) for href in HREF.findall(html)]
+
+        assert "data-untracked" not in html
+        assert hrefs[0] == "https://a.example.test/"
+        assert hrefs[2] == unsubscribe
+        click = claims(hrefs[1])
+        assert (click.delivery_id, click.tag) == (delivery_id, "c0")
+        assert click.url == "https://b.example.test/?x=1&y=2"
+        assert '<a class="b" href="https://links.example.test/c/' in html
+        assert '" id="b">b</a>' in html
+        assert rewriter.rewrite_text("https://a.example.test/") == "https://a.example.test/"
+
+
+@pytest.mark.parametrize(
+    ("page", "cut"),
+    [
+        ("<html><body>x</body></html>", "<html><body>x"),
+        ("<body>x</BODY >\n</html>", "<body>x"),
+        ("<body>a</body>b</body  ><!-- </bodyx> -->", "<body>a</body>b"),
+        ("<p>no body end</p>", "<p>no body end</p>"),
+    ],
+)
+def test_pixel_before_last_body_end(page: str, cut: str) -> None:
+    html = LinkRewriter(tracking(), UNSUBSCRIBE).rewrite_html(page)
+
+    pixel = re.search(r"<img [^>]*>\n?", html)
+
+    assert pixel is not None
+    assert html.startswith(cut + '<img src="https://links.example.test/o/')
+    assert html.count("<img") == 1
+    assert html.replace(pixel[0], "") == page
