@@ -39,7 +39,9 @@ import base64
 import binascii
 import email.policy
 import hashlib
+import math
 import re
+from datetime import datetime, timedelta, timezone
 from email.message import EmailMessage
 from email.utils import format_datetime
 from functools import lru_cache
@@ -82,7 +84,7 @@ def build_message(content: RenderedContent, envelope: Envelope) -> bytes:
         from_header(envelope.from_name, envelope.from_address),
         b"To: " + _recipient(envelope.to_address),
         b"Subject: " + encode_subject(content.subject),
-        b"Date: " + format_datetime(envelope.date).encode("ascii"),
+        b"Date: " + _date_header(envelope.date),
         b"Message-ID: " + envelope.message_id.encode("ascii"),
         b"List-Unsubscribe: <" + envelope.unsubscribe_url.encode("ascii") + b">",
     ]
@@ -120,6 +122,21 @@ def from_header(display_name: str, address: str) -> bytes:
     message = EmailMessage(policy=email.policy.SMTP)
     message["From"] = address_header("From", address, display_name)
     return message.as_bytes().rstrip(b"\r\n")
+
+
+def _date_header(date: datetime) -> bytes:
+    # Whole seconds and the UTC offset decide the header, so messages built
+    # in the same second share one formatted value.
+    offset = date.utcoffset()
+    if offset is None:
+        raise ValueError("Envelope.date must be timezone-aware")
+    return _formatted_date(math.floor(date.timestamp()), offset)
+
+
+@lru_cache(maxsize=8)
+def _formatted_date(seconds: int, offset: timedelta) -> bytes:
+    value = datetime.fromtimestamp(seconds, timezone(offset))
+    return format_datetime(value).encode("ascii")
 
 
 def _recipient(address: str) -> bytes:

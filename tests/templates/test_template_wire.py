@@ -6,7 +6,10 @@ import email
 import email.policy
 import re
 from dataclasses import replace
+from datetime import datetime, timezone
+from email.utils import format_datetime
 from email.message import EmailMessage
+from zoneinfo import ZoneInfo
 
 import pytest
 from carepost.core.states import Purpose
@@ -272,3 +275,18 @@ def test_non_ascii_sender_name() -> None:
     assert_wire_clean(raw)
     assert message["From"].addresses[0].display_name == "Clínica del Lago"
     assert message["From"].addresses[0].addr_spec == "news@lakeside.example.test"
+
+
+@pytest.mark.parametrize(
+    "date",
+    [
+        datetime(2025, 1, 14, 16, 0, 0, 999999, tzinfo=timezone.utc),
+        datetime(2025, 7, 4, 9, 30, 15, 1, tzinfo=ZoneInfo("America/Chicago")),
+        datetime(2024, 2, 29, 23, 59, 59, tzinfo=ZoneInfo("Asia/Kolkata")),
+        datetime(1969, 12, 31, 23, 59, 59, 500000, tzinfo=timezone.utc),
+    ],
+)
+def test_date_header_matches_email_utils(date: datetime) -> None:
+    raw = build_message(CONTENT, replace(ENVELOPE, date=date))
+
+    assert f"\r\nDate: {format_datetime(date)}\r\n".encode() in raw
