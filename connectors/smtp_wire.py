@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from aiosmtplib import SMTPResponse
 
 __all__ = [
+    "MAX_REPLY_BYTES",
     "Command",
     "ConnectionLostError",
     "InvalidReplyError",
@@ -158,17 +159,22 @@ class ReplyReader(asyncio.Protocol):
 
     def _parse_replies(self) -> None:
         """Move every complete reply from the buffer to the queue."""
-        while True:
-            reply, length = _parse_reply(self._buffer)
-            if reply is None:
-                if len(self._buffer) > MAX_REPLY_BYTES:
-                    raise InvalidReplyError("reply longer than the limit")
-                return
-            if self._awaited == 0:
-                raise InvalidReplyError("reply without a command")
-            self._awaited -= 1
-            del self._buffer[:length]
-            self._replies.append(reply)
+        buffer = self._buffer
+        start = 0
+        try:
+            while True:
+                reply, end = _parse_reply(buffer, start)
+                if reply is None:
+                    break
+                if self._awaited == 0:
+                    raise InvalidReplyError("reply without a command")
+                self._awaited -= 1
+                self._replies.append(reply)
+                start = end
+        finally:
+            del buffer[:start]
+        if len(buffer) > MAX_REPLY_BYTES:
+            raise InvalidReplyError("reply longer than the limit")
 
 
 def _expire(waiter: asyncio.Future[None]) -> None:
@@ -176,33 +182,34 @@ def _expire(waiter: asyncio.Future[None]) -> None:
         waiter.set_exception(ReplyTimeoutError("no reply within the timeout"))
 
 
-def _parse_reply(buffer: bytearray) -> tuple[SMTPResponse | None, int]:
-    """Return the first complete reply in ``buffer`` and its length in bytes.
+def _parse_reply(buffer: bytearray, start: int) -> tuple[SMTPResponse | None, int]:
+    """Parse the reply that starts at ``start``; return it and where the next starts.
 
-    RFC 5321 section 4.2: every line starts with the same three-digit code,
-    and a hyphen after the code marks a continuation line. The message is
-    the text of the first line, which starts with the enhanced status code
+    Returns ``(None, start)`` while the reply is incomplete. RFC 5321
+    section 4.2: every line starts with the same three-digit code, and a
+    hyphen after the code marks a continuation line. The message is the
+    text of the first line, which starts with the enhanced status code
     (RFC 3463) when the server sends one.
     """
-    start = 0
-    first_text = b""
+    position = start
+    first_text: bytes | None = None
     while True:
-        end = buffer.find(b"\n", start)
+        end = buffer.find(b"\n", position)
         if end == -1:
-            return None, 0
-        line = bytes(buffer[start:end]).rstrip(b"\r")
+            return None, start
+        line = bytes(buffer[position:end]).rstrip(b"\r")
         line_code = line[:3]
         separator = line[3:4]
         if not (len(line_code) == 3 and line_code.isdigit()
                 and separator in (b"", b" ", b"-")):
             raise InvalidReplyError("malformed reply line")
-        if start == 0:
+        if first_text is None:
             first_text = line[4:]
-        start = end + 1
+        position = end + 1
         if separator != b"-":
             text = first_text.strip().decode("utf-8", "surrogateescape")
             # The last line's code counts, as in aiosmtplib, if they differ.
-            return SMTPResponse(int(line_code), text), start
+            return SMTPResponse(int(line_code), text), position
 
 
 @dataclass(frozen=True)

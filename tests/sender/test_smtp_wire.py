@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from carepost.connectors.smtp_wire import (
+    MAX_REPLY_BYTES,
     ConnectionLostError,
     InvalidReplyError,
     ReplyReader,
@@ -97,6 +98,16 @@ async def test_malformed_reply_is_invalid(connection) -> None:
     reader, peer = connection
     reader.send(b"NOOP\r\n", 1)
     await peer.reply(b"hello there\r\n")
+
+    with pytest.raises(InvalidReplyError):
+        await reader.read_reply(1.0)
+    assert not reader.is_open
+
+
+async def test_oversized_reply_is_invalid(connection) -> None:
+    reader, peer = connection
+    reader.send(b"NOOP\r\n", 1)
+    await peer.reply(b"250-" + b"x" * (MAX_REPLY_BYTES + 10))
 
     with pytest.raises(InvalidReplyError):
         await reader.read_reply(1.0)
