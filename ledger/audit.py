@@ -10,8 +10,9 @@ chain at that row, and ``AuditLog.verify`` names it.
 
 Invariants a change must keep:
 
-- There is no update or delete API. On SQLite, triggers abort UPDATE and
-  DELETE on the table. The retention purge (``carepost.ledger.retention``)
+- There is no update or delete API. Triggers abort UPDATE and DELETE on
+  the table (on PostgreSQL also TRUNCATE; see ``carepost.ledger.database``).
+  The retention purge (``carepost.ledger.retention``)
   is the one documented way to remove expired entries: it removes the
   oldest entries only and records a ``retention.purged`` entry naming the
   last removed id and its hash, which becomes the new start of the chain.
@@ -34,10 +35,16 @@ from typing import IO, Any
 
 from sqlalchemy import DDL, Column, Integer, String, Text, event, text
 from sqlalchemy.engine import Connection, Engine
-from sqlmodel import Field, Session, SQLModel, create_engine, select
+from sqlmodel import Field, Session, SQLModel, select
 
 from carepost.core.errors import CarepostError
 from carepost.core.phi import PHI
+from carepost.ledger.database import (
+    create_ledger_engine,
+    create_tables,
+    is_postgres,
+    lock_audit_log,
+)
 
 SERVICE_IDENTITY_ENV = "CAREPOST_SERVICE_IDENTITY"
 GENESIS_HASH = "0" * 64
@@ -96,8 +103,7 @@ SQLITE_NO_DELETE = (
 for _statement in (SQLITE_NO_UPDATE, SQLITE_NO_DELETE):
     event.listen(AuditEntry.__table__, "after_create",
                  DDL(_statement).execute_if(dialect="sqlite"))
-# NOTE: PostgreSQL gets no such trigger yet; there the append-only rule
-# rests on the missing API and on database grants.
+# PostgreSQL: ``carepost.ledger.database.create_tables`` adds the triggers.
 
 
 def insert_entry(session: Session, *, actor: str, action: str, target: str,
@@ -234,17 +240,20 @@ class AuditLog:
         self.is_sqlite = ledger_url.startswith("sqlite")
         # Reads use a plain engine (WAL readers do not block writers); the
         # writer engine takes SQLite's write lock when a transaction begins.
-        self.engine: Engine = create_engine(ledger_url)
-        self._writer: Engine = create_engine(ledger_url)
+        self.engine: Engine = create_ledger_engine(ledger_url)
+        self._writer: Engine = create_ledger_engine(ledger_url)
         if self.is_sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
             event.listen(self._writer, "connect", _sqlite_connect)
             event.listen(self._writer, "begin", _sqlite_begin)
-        SQLModel.metadata.create_all(self._writer, tables=[AuditEntry.__table__])
+        create_tables(self._writer, tables=[AuditEntry.__table__])
         if self.is_sqlite:
             with self._writer.begin() as connection:
                 connection.execute(text(SQLITE_NO_UPDATE))
                 connection.execute(text(SQLITE_NO_DELETE))
+        elif is_postgres(self._writer):
+            # Registered after the table exists: the lock names it.
+            event.listen(self._writer, "begin", lock_audit_log)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -273,8 +282,9 @@ class AuditLog:
     def write_session(self) -> Session:
         """Open a session whose transaction holds the audit write lock.
 
-        SQLite takes it at BEGIN (see ``_sqlite_begin``); PostgreSQL takes
-        it with the first statement of ``insert_entry``.
+        SQLite takes it at BEGIN (see ``_sqlite_begin``) and PostgreSQL
+        with a ``LOCK TABLE`` as the transaction's first statement, so a
+        purge that reads before it appends is serialised with appends too.
         """
         return Session(self._writer, expire_on_commit=False)
 

@@ -186,10 +186,12 @@ class Inbox:
         added = 0
         with self.engine.begin() as connection:
             if rows:
-                # The driver's executemany row count is the number inserted.
-                added = connection.execute(insert_skipping_duplicates(
-                    self.engine, table, ["campaign", "run_key", "profile_id"]),
-                    rows).rowcount
+                # Counted from RETURNING: psycopg reports no row count (-1)
+                # for an executemany, and skipped duplicates return no row.
+                statement = insert_skipping_duplicates(
+                    self.engine, table, ["campaign", "run_key", "profile_id"])
+                added = len(connection.execute(
+                    statement.returning(table.c.id), rows).all())
             connection.execute(update(InboxEvent)
                                .where(InboxEvent.event_id.in_(list(planned)))
                                .values(planned_at=utc_now()))

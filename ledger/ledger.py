@@ -31,9 +31,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.dml import Insert
-from sqlmodel import Session, SQLModel, create_engine, select
+from sqlmodel import Session, select
 
 from carepost.core.states import DeliveryState, Purpose
+from carepost.ledger.database import create_ledger_engine, create_tables
 from carepost.ledger.models import Delivery, OutboxEvent, Suppression, utc_now
 
 log = logging.getLogger(__name__)
@@ -93,10 +94,10 @@ class Settlement:
 
 class Ledger:
     def __init__(self, url: str) -> None:
-        self.engine = create_engine(url)
+        self.engine = create_ledger_engine(url)
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        SQLModel.metadata.create_all(self.engine)
+        create_tables(self.engine)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -128,6 +129,9 @@ class Ledger:
                  "purpose": r.purpose.value, "state": DeliveryState.QUEUED.value,
                  "attempts": 0, "created_at": now, "updated_at": now, **r.fields}
                 for key, r in zip(keys, requests)]
+        # Inserted in key order: on PostgreSQL two claims of the same keys in
+        # different orders would each wait on the other's row (a deadlock).
+        rows.sort(key=lambda row: row["idempotency_key"])
         with self.engine.begin() as connection:
             # The write comes first: a SQLite transaction that read before
             # writing fails at once when another process wrote in between.

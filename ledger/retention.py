@@ -36,6 +36,7 @@ from sqlmodel import Session, select
 
 from carepost.core.retention import RetentionSettings
 from carepost.core.states import DeliveryState
+from carepost.ledger.database import AUDIT_DELETE_TRIGGER
 from carepost.ledger.audit import (
     PURGE_ACTION,
     SQLITE_NO_DELETE,
@@ -186,10 +187,18 @@ def _last_expired(session: Session, cutoff_text: str,
 
 
 def _delete_audit_prefix(session: Session, through_id: int, is_sqlite: bool) -> None:
-    # The delete trigger is dropped and re-created inside this transaction,
-    # so no other connection ever sees the table without it.
+    # The delete trigger is dropped (SQLite) or disabled (PostgreSQL) and
+    # restored inside this transaction, so no other connection ever sees
+    # the table without it. On PostgreSQL the transaction already holds the
+    # EXCLUSIVE audit lock, so no other DELETE can run in between either.
     if is_sqlite:
         session.execute(text("DROP TRIGGER IF EXISTS audit_log_no_delete"))
+    else:
+        session.execute(text(f"ALTER TABLE audit_log DISABLE TRIGGER "
+                             f"{AUDIT_DELETE_TRIGGER}"))
     session.execute(delete(AuditEntry).where(AuditEntry.id <= through_id))
     if is_sqlite:
         session.execute(text(SQLITE_NO_DELETE))
+    else:
+        session.execute(text(f"ALTER TABLE audit_log ENABLE TRIGGER "
+                             f"{AUDIT_DELETE_TRIGGER}"))
