@@ -39,7 +39,8 @@ import pyarrow as pa
 from carepost.core.campaign import FrequencyCap
 from carepost.core.states import DeliveryState, Purpose
 from carepost.segments.compiler import CompiledSegment
-from sqlalchemy import DateTime, bindparam, create_engine, inspect, make_url, text
+from carepost.ledger.database import create_ledger_engine
+from sqlalchemy import DateTime, bindparam, inspect, make_url, text
 
 log = logging.getLogger(__name__)
 
@@ -319,7 +320,9 @@ def _quoted(path: str | None) -> str:
 def _load_by_sqlalchemy(
     conn: duckdb.DuckDBPyConnection, rules: RecipientRules, cap_since: datetime | None
 ) -> None:
-    engine = create_engine(rules.ledger_url)
+    # The ledger's engine settings: on PostgreSQL the session zone is UTC,
+    # so the naive window start below means UTC there too.
+    engine = create_ledger_engine(rules.ledger_url)
     try:
         with engine.connect() as ledger:
             tables = set(inspect(ledger).get_table_names())
