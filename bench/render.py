@@ -4,7 +4,8 @@ Usage: .venv/bin/python bench/render.py [--template missed_appointment]
        [--messages 5000] [--rounds 3] [--json]
 
 Every path renders the shipped template for the synthetic sample profiles
-of templates/samples.yaml in turn, in this one process:
+of templates/samples.yaml in turn (values wrapped in ``PHI``, as the flow
+passes them), in this one process:
 
 - jinja: the compiled HTML and text templates only, from a ready context
   (the floor: no field checks, links, tracking or MIME);
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -36,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import css_inline
+from carepost.core.phi import PHI
 from carepost.core.settings import Practice
 from carepost.core.tokens import issue_token
 from carepost.templates import (
@@ -45,7 +48,7 @@ from carepost.templates import (
     build_message,
     build_message_email,
 )
-from carepost.templates.rendering import practice_view
+from carepost.templates.rendering import MESSAGE_KEYS, practice_view
 from carepost.templates.samples import load_samples
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,15 +111,19 @@ def paths(name: str) -> dict[str, Callable[[int], object]]:
     template = library.get(name)
     plain_template = uninlined.get(name)
     samples = contexts(name, library)
+    wrapped = [
+        {key: value if key in MESSAGE_KEYS else PHI(value) for key, value in sample.items()}
+        for sample in samples
+    ]
     css = f"<style>{library.stylesheet.css}</style></head>"
     version = template.choose("en")
     jinja_context = {**samples[0], "practice": practice_view(PRACTICE),
                      "subject": "s", "preheader": "p", "message_language": "en"}
 
     def context(index: int) -> dict[str, Any]:
-        # As in the flow: one unsubscribe token per message, shared by the
-        # List-Unsubscribe header and the footer link.
-        mapping = dict(samples[index % len(samples)])
+        # As in the flow: profile values wrapped in PHI, and one unsubscribe
+        # token per message, shared by List-Unsubscribe and the footer link.
+        mapping: dict[str, Any] = dict(wrapped[index % len(wrapped)])
         mapping["unsubscribe_url"] = f"{BASE_URL}/u/{issue_token(KEYS, index, 'u')}"
         return mapping
 
@@ -172,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": args.rounds,
         "message_bytes": len(sample),  # type: ignore[arg-type]
         "python": platform.python_version(),
+        # Other processes slow this one through shared caches and memory
+        # bandwidth even in CPU time, so the load is part of the record.
+        "load_average_1min": round(os.getloadavg()[0], 2),
         "messages_per_second": {label: round(rate) for label, rate in results.items()},
         "direct_vs_email_message": round(
             results["render + direct MIME"] / results["render + EmailMessage"], 2
@@ -182,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(report, indent=2))
         return 0
     print(f"{args.template}: {args.messages} messages x {args.rounds} rounds, "
-          f"{report['message_bytes']} bytes each, Python {report['python']}")
+          f"{report['message_bytes']} bytes each, Python {report['python']}, "
+          f"load average {report['load_average_1min']}")
     for label, rate in results.items():
         print(f"  {label:<26} {rate:>9,.0f} messages/s  {1e6 / rate:>7.1f} us/message")
     print(f"  direct MIME path vs EmailMessage path: {report['direct_vs_email_message']}x")
