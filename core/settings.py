@@ -219,6 +219,41 @@ class Webhooks(_Strict):
     tolerance_seconds: int = Field(default=300, ge=30, le=3600)
 
 
+_LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
+
+
+def _ledger_url(value: str) -> str:
+    """Validate a ledger URL; a bare ``postgresql://`` gets the psycopg driver."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(value)
+    except ArgumentError:
+        # The text is not echoed: a malformed URL may still carry a password.
+        raise ValueError("the ledger URL is not a database URL; expected "
+                         "postgresql://user@host:5432/carepost") from None
+    if url.drivername == "postgresql":
+        url = url.set(drivername="postgresql+psycopg")
+    if url.drivername not in ("sqlite", "postgresql+psycopg"):
+        raise ValueError(f"ledger URL scheme {url.drivername} is not supported; "
+                         "use sqlite:///path or postgresql://user@host/db")
+    if url.password is not None:
+        raise ValueError("the ledger URL contains a password; remove it and set "
+                         "PGPASSWORD or a ~/.pgpass file, which libpq reads")
+    remote = url.host is not None and url.host not in _LOOPBACK_HOSTS
+    if remote and url.query.get("sslmode") not in ("verify-ca", "verify-full"):
+        raise ValueError(f"the ledger on {url.host} would be reached without a "
+                         "verified TLS connection; add ?sslmode=verify-full")
+    return url.render_as_string(hide_password=False)
+
+
+class LedgerSettings(_Strict):
+    """The ledger's database; a ``url`` of None is SQLite in the state folder."""
+
+    url: Annotated[str, AfterValidator(_ledger_url)] | None = None
+
+
 class Settings(_Strict):
     root: Path = Path(".")
     state_dir: str = ".carepost"
@@ -237,6 +272,7 @@ class Settings(_Strict):
     templates_dir: str = "templates/library"
     batch_size: int = Field(default=500, ge=1, le=5000)
     retention: RetentionSettings = RetentionSettings()
+    ledger: LedgerSettings = LedgerSettings()
 
     def named_sources(self) -> dict[str, Source]:
         """Return every configured source by name, the legacy one as "export"."""
@@ -269,6 +305,8 @@ class Settings(_Strict):
 
     @property
     def ledger_url(self) -> str:
+        if self.ledger.url is not None:
+            return self.ledger.url
         return f"sqlite:///{self.state_path / 'ledger.db'}"
 
     @property

@@ -21,7 +21,8 @@ from tests.segments.test_segment_recipients import (  # noqa: F401  fixture
 
 pytestmark = pytest.mark.postgres
 
-# The cap window of RUN_DATE with a 7-day cap ends at the end of the run date.
+# A 7-day cap window for RUN_DATE (2024-06-15) starts here and ends at the
+# end of the run date.
 WINDOW_START = datetime(2024, 6, 9, tzinfo=UTC)
 
 
@@ -37,10 +38,10 @@ def send(ledger: Ledger, profile_id: str, run_key: str, when: datetime) -> None:
 
 def test_suppressed_and_capped_removed(people: SegmentWorld, ledger: Ledger,
                                        ledger_url: str) -> None:
-    """The session zone is UTC+05:30, so the window start must be sent as UTC.
+    """The session zone is UTC+05:30, so the window start must be read as UTC.
 
-    ``ok`` was sent to three hours before the window: read in the session
-    zone, the window would start 5.5 hours earlier and cap ``ok`` too.
+    The last send to ``ok`` was three hours before the window. Read in the
+    session zone, the window would start 5.5 hours earlier and cap ``ok``.
     """
     ledger.suppress(hash_address(KEY, "unsub@example.test"), scope="all",
                     reason="unsubscribed")
