@@ -41,6 +41,7 @@ _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _ADDR_SPEC = re.compile(rf"{_ATOM}(?:\.{_ATOM})*@{_LABEL}(?:\.{_LABEL})+")
 
 _FORBIDDEN_HEADERS = ("Cc", "Bcc", "Resent-To", "Resent-Cc", "Resent-Bcc")
+_BLANK_LINE_PAIRS = (b"\n\n", b"\n\r", b"\r\r")
 
 _FIX = "correct the address at the source; the message was not sent"
 
@@ -104,13 +105,30 @@ def _check_address(value: object, role: str, profile_id: str) -> None:
         raise EnvelopeError(profile_id, f"{role} is not one plain address")
 
 
+def header_block(data: bytes) -> bytes:
+    """Return ``data`` up to and including the blank line that ends its headers.
+
+    The email parser ends the headers at the first empty line, with CRLF,
+    LF or CR as line ends. Such a line always contains one of the adjacent
+    pairs LF LF, LF CR or CR CR (a CR followed by LF is one line end). So
+    cutting after the first pair keeps every header while leaving out the
+    body, which the parser would otherwise read line by line.
+    """
+    found = [index for index in (data.find(pair) for pair in _BLANK_LINE_PAIRS)
+             if index >= 0]
+    if not found:
+        return data
+    return data[: min(found) + 3]
+
+
 def _check_headers(data: bytes, recipient: str, profile_id: str) -> None:
     # UTF-8 header bytes (RFC 6532) decode to text; other bytes stay escaped.
-    text = data.decode("utf-8", "surrogateescape")
+    text = header_block(data).decode("utf-8", "surrogateescape")
     headers: Message = HeaderParser(policy=compat32).parsestr(text, headersonly=True)
 
+    present = {name.lower() for name in headers.keys()}
     for name in _FORBIDDEN_HEADERS:
-        if headers.get_all(name):
+        if name.lower() in present:
             raise EnvelopeError(
                 profile_id,
                 f"message has a {name} header, and campaign messages go to "

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from email.parser import HeaderParser
+from email.policy import compat32
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from carepost.connectors.smtp import EnvelopeError, TlsSender
-from carepost.connectors.smtp_envelope import check_envelope, wire_address
+from carepost.connectors.smtp_envelope import check_envelope, header_block, wire_address
 from carepost.core.errors import CarepostError
 from carepost.core.states import DeliveryState
 
@@ -241,3 +246,28 @@ def test_data_must_be_bytes() -> None:
             data=build_message(RECIPIENT).decode(),
             profile_id="p-11",
         )
+
+
+_PIECES = [b"\r", b"\n", b"\r\n", b"To: sam@example.org", b"Cc: leak@example.org",
+           b"Subject: hi", b" folded", b"\tmore", b":", b"x", b"Bcc:", b"\xc3\xa9"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(_PIECES), max_size=30))
+def test_header_block_parses_as_whole(pieces: list[bytes]) -> None:
+    """Cutting the body off never changes the headers the parser reads."""
+    data = b"".join(pieces) + b"\r\n\r\nbody line\r\nCc: not a header\r\n"
+
+    def headers(raw: bytes) -> list[tuple[str, str]]:
+        text = raw.decode("utf-8", "surrogateescape")
+        parsed = HeaderParser(policy=compat32).parsestr(text, headersonly=True)
+        return [(name, str(value)) for name, value in parsed.items()]
+
+    assert headers(header_block(data)) == headers(data)
+
+
+def test_cc_after_body_break_is_body() -> None:
+    data = build_message(RECIPIENT) + b"\r\nCc: leak@example.org\r\n"
+    check_envelope(envelope_from=SENDER, recipient=RECIPIENT, data=data,
+                   profile_id="p-20")
+    assert b"Cc:" not in header_block(data)
