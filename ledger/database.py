@@ -6,15 +6,15 @@ for free, each guarding a failure that ``tests/postgres`` reproduces:
 
 - The session time zone is set to UTC on every new connection. sqlmodel
   0.0.50 maps ``datetime`` fields to ``timestamptz`` and binds them as
-  aware UTC, which any zone stores exactly; but a naive ``datetime`` bound
-  in a Core or ``text()`` query (the segment selection's frequency-cap
-  window is one) is read in the session's zone, and earlier sqlmodel
-  releases made plain ``timestamp`` columns. With the session in UTC a
-  naive time means UTC, as it does on SQLite.
+  aware UTC, which the server stores exactly in any zone. But the server
+  reads a naive ``datetime`` bound in a Core or ``text()`` query (such as
+  the segment selection's frequency-cap window) in the session's zone,
+  and earlier sqlmodel releases made plain ``timestamp`` columns. With
+  the session in UTC a naive time means UTC, as it does on SQLite.
 - Transactions run at READ COMMITTED whatever the server's default. The
   claim (``INSERT ... ON CONFLICT DO NOTHING``, then a read) and the audit
   append (lock, then read the last hash) need each statement to see rows
-  that other transactions committed; under REPEATABLE READ a concurrent
+  that other transactions committed. Under REPEATABLE READ a concurrent
   claim of the same key fails with a serialization error instead.
 - Table creation holds a transaction-level advisory lock, so several
   workers starting at once against an empty database do not race to
