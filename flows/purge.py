@@ -1,6 +1,7 @@
 """The ``purge`` Prefect flow: enforce the retention of carepost.yaml.
 
-Run it daily (``PURGE_CRON``), from ``carepost purge`` or a deployment.
+``carepost serve`` runs it daily (``PURGE_CRON``, in the practice's time
+zone); ``carepost purge`` runs it once.
 Its parameters and result are counts and flags only. Every real run
 appends one ``retention.purged`` audit entry with the rows removed per
 data class; a dry run counts and changes nothing.
@@ -16,8 +17,6 @@ from carepost.core.settings import load_settings
 from carepost.ledger.retention import purge_expired
 
 # Daily at 03:30, in the time zone of the deployment that uses it.
-# NOTE: `carepost serve` does not schedule this flow yet, so run
-# `carepost purge` from cron or deploy purge_flow with this cron.
 PURGE_CRON = "30 3 * * *"
 
 

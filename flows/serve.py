@@ -202,11 +202,12 @@ def route_factories(notify: Callable[[str], None]) -> tuple[RouteFactory, ...]:
 
 
 async def register_deployments(runner: Any, settings: Settings) -> list[str]:
-    """Add one deployment per scheduled campaign, plus the behaviour flow."""
+    """Add one deployment per scheduled campaign, the behaviour flow and the purge."""
     from prefect.schedules import Cron
     from prefect.types.entrypoint import EntrypointType
 
     from carepost.flows.behaviour import behaviour_flow
+    from carepost.flows.purge import PURGE_CRON, purge_flow
     from carepost.flows.schedule import scheduled_campaign_flow
 
     names = []
@@ -227,6 +228,15 @@ async def register_deployments(runner: Any, settings: Settings) -> list[str]:
         name="behaviour", entrypoint_type=EntrypointType.MODULE_PATH)
     await runner.aadd_deployment(behaviour)
     names.append("behaviour/behaviour")
+    # The retention purge, daily in the practice's time zone.
+    purge = await purge_flow.ato_deployment(
+        name="retention", parameters={"dry_run": False},
+        schedule=Cron(PURGE_CRON, timezone=settings.practice.timezone),
+        entrypoint_type=EntrypointType.MODULE_PATH,
+        description="Remove ledger rows past the retention of carepost.yaml.")
+    await runner.aadd_deployment(purge)
+    names.append("purge/retention")
+    log.info("retention purge: cron %r in %s", PURGE_CRON, settings.practice.timezone)
     return names
 
 

@@ -94,7 +94,7 @@ def test_serve_survives_crash_after_inbox_commit(trigger_project: TriggerProject
     first_port = free_port()
     first = _start(trigger_project, prefect_api, first_port)
     _wait_for(lambda: _healthy(first_port), 90, "the first /health", first)
-    assert {"weekly_test", "behaviour"} <= _deployment_names(prefect_api)
+    assert {"weekly_test", "behaviour", "retention"} <= _deployment_names(prefect_api)
     accepted = _post(first_port, event)
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=30)
