@@ -31,6 +31,7 @@ from carepost.flows.audit_trail import (
     record_run_inputs,
     record_segment,
 )
+from carepost.flows.campaign_check import reject_purged_run
 from carepost.flows.delivery import RunContext, deliver_batch, settle_removed
 from carepost.flows.schedule import hold_for
 from carepost.flows.sync import sync_named_source
@@ -155,6 +156,12 @@ def _resolve_campaign(settings: Settings, name: str) -> Campaign:
 
 def _open_run(settings: Settings, campaign: Campaign, run_date: date,
               sender: TlsSender) -> RunContext:
+    ledger = Ledger(settings.ledger_url)
+    try:
+        reject_purged_run(ledger, campaign.name, run_date)
+    except ConfigError:
+        ledger.close()
+        raise
     templates = TemplateLibrary(settings.path(settings.templates_dir),
                                 settings.practice)
     template = templates.get(campaign.template)
@@ -172,7 +179,7 @@ def _open_run(settings: Settings, campaign: Campaign, run_date: date,
     return RunContext(
         settings=settings, campaign=campaign, template=template,
         run_key=run_date.isoformat(), run_date=run_date,
-        ledger=Ledger(settings.ledger_url), warehouse=warehouse, sender=sender,
+        ledger=ledger, warehouse=warehouse, sender=sender,
         address_key=settings.address_hash_key,
         token_keys=settings.tracking_keys, audit=audit,
     )

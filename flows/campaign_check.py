@@ -5,21 +5,30 @@ fails only when the campaign runs. This module checks the references
 first. The segment must exist, and so must the named stage of a
 lifecycle segment. The template must exist, and its purpose must equal
 the campaign's, because the purpose decides which consent the send-time
-check requires.
+check requires. ``reject_purged_run`` checks one run date against the
+ledger.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 
 from carepost.core.campaign import Campaign, load_campaign
 from carepost.core.errors import CarepostError, ConfigError
 from carepost.core.settings import Settings
+from carepost.ledger import Ledger
 from carepost.segments import SegmentLibrary
 from carepost.templates import TemplateLibrary
 
-__all__ = ["CampaignCheck", "CampaignProblem", "check_campaigns", "reference_problems"]
+__all__ = [
+    "CampaignCheck",
+    "CampaignProblem",
+    "check_campaigns",
+    "reference_problems",
+    "reject_purged_run",
+]
 
 
 @dataclass(frozen=True)
@@ -142,3 +151,17 @@ def _template_messages(campaign: Campaign, templates: TemplateLibrary) -> list[s
     return [f"template '{name}' has purpose '{purpose}' but the campaign has "
             f"purpose '{campaign.purpose}'; make them equal, because the "
             "purpose decides which consent a send needs"]
+
+
+def reject_purged_run(ledger: Ledger, campaign: str, run_date: date) -> None:
+    """Raise ``ConfigError`` when the purge removed this run's delivery rows.
+
+    Without those rows the run cannot tell who already got the message,
+    so running it again could mail every member a second time.
+    """
+    purged = ledger.purged_at(campaign, run_date.isoformat())
+    if purged is not None:
+        raise ConfigError(
+            f"campaign {campaign} for {run_date.isoformat()} cannot run again: the "
+            f"retention purge removed its delivery rows on {purged:%Y-%m-%d}",
+            hint="run a later date; re-running this one could send twice")

@@ -90,7 +90,7 @@ def run(
     settings = _settings(config)
     run_date = _parse_date(as_of) if as_of else date.today().isoformat()
     try:
-        check_campaign(settings, campaign)
+        check_campaign(settings, campaign, run_date)
         with prefect_session(settings):
             summary = run_campaign(config.resolve(), campaign, run_date)
     except CarepostError as exc:

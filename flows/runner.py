@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 from contextlib import contextmanager
+from datetime import date
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -51,16 +52,18 @@ def _drain_prefect_workers(timeout_seconds: float = 10.0) -> None:
                                               worker.__name__, exc)
 
 
-def check_campaign(settings: Settings, campaign: str) -> None:
+def check_campaign(settings: Settings, campaign: str,
+                   run_date: str | None = None) -> None:
     """Raise ``ConfigError`` before any flow starts if ``campaign`` cannot run.
 
     The campaign must exist and its segment, stage and template must load
     (the checks of ``carepost campaigns --check``), so a typo is one clear
-    line instead of a failed flow run.
+    line instead of a failed flow run. With ``run_date``, that run must not
+    be one whose delivery rows the retention purge removed.
     """
     from carepost.core.campaign import load_campaigns
     from carepost.core.errors import ConfigError
-    from carepost.flows.campaign_check import reference_problems
+    from carepost.flows.campaign_check import reference_problems, reject_purged_run
 
     campaigns = load_campaigns(settings.path(settings.campaigns_dir))
     if campaign not in campaigns:
@@ -71,6 +74,14 @@ def check_campaign(settings: Settings, campaign: str) -> None:
     if problems:
         raise ConfigError(f"campaigns/{campaign}.yaml: {'; '.join(problems)}",
                           hint="run carepost campaigns --check")
+    if run_date is not None:
+        from carepost.ledger import Ledger
+
+        ledger = Ledger(settings.ledger_url)
+        try:
+            reject_purged_run(ledger, campaign, date.fromisoformat(run_date))
+        finally:
+            ledger.close()
 
 
 def run_campaign(config_path: Path, campaign: str, run_date: str) -> dict[str, Any]:

@@ -35,7 +35,13 @@ from sqlmodel import Session, select
 
 from carepost.core.states import DeliveryState, Purpose
 from carepost.ledger.database import create_ledger_engine, create_tables
-from carepost.ledger.models import Delivery, OutboxEvent, Suppression, utc_now
+from carepost.ledger.models import (
+    Delivery,
+    OutboxEvent,
+    PurgedRun,
+    Suppression,
+    utc_now,
+)
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +198,12 @@ class Ledger:
                 )
                 moved += connection.execute(statement).rowcount
         return moved
+
+    def purged_at(self, campaign: str, run_key: str) -> datetime | None:
+        """Return when the purge removed this run's delivery rows, or None."""
+        with Session(self.engine) as session:
+            found = session.get(PurgedRun, (campaign, run_key))
+            return found.purged_at if found is not None else None
 
     # -- send-time checks ---------------------------------------------------
 

@@ -47,6 +47,20 @@ class Delivery(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utc_now, index=True)
 
 
+class PurgedRun(SQLModel, table=True):
+    """A campaign run whose delivery rows the retention purge removed.
+
+    Without its rows a re-run could not tell who was already mailed, so a
+    run listed here is refused. One row per run, with no profile data.
+    """
+
+    __tablename__ = "purged_runs"
+
+    campaign: str = Field(primary_key=True)
+    run_key: str = Field(primary_key=True)
+    purged_at: datetime = Field(default_factory=utc_now)
+
+
 class Suppression(SQLModel, table=True):
     """An address that must not receive mail of ``scope`` (or any, ``all``)."""
 

@@ -21,6 +21,8 @@ The audit entries are removed in the same transaction that appends the
 ``retention.purged`` entry, which records the counts per class and the
 id and hash of the last removed entry (the new start of the chain), so
 ``verify`` accepts the shortened chain. Suppressions are never purged.
+Each campaign run that loses delivery rows is listed in ``purged_runs``,
+so the campaign flow can refuse to run it again.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from sqlmodel import Session, select
 
 from carepost.core.retention import RetentionSettings
 from carepost.core.states import DeliveryState
-from carepost.ledger.database import AUDIT_DELETE_TRIGGER
+from carepost.ledger.database import AUDIT_DELETE_TRIGGER, create_tables
 from carepost.ledger.audit import (
     PURGE_ACTION,
     SQLITE_NO_DELETE,
@@ -46,6 +48,8 @@ from carepost.ledger.audit import (
     encode_details,
     insert_entry,
 )
+from carepost.ledger.ledger import insert_skipping_duplicates
+from carepost.ledger.models import PurgedRun, utc_now
 
 FINAL_STATES = tuple(state.value for state in DeliveryState if state.is_final)
 
@@ -97,6 +101,8 @@ def purge_expired(ledger_url: str, retention: RetentionSettings, *,
     report = PurgeReport(dry_run=dry_run, held_campaigns=tuple(sorted(held)))
     with AuditLog(ledger_url) as audit:
         existing = set(inspect(audit.engine).get_table_names())
+        if "deliveries" in existing and not dry_run:
+            create_tables(audit.engine, [PurgedRun.__table__])
         with Session(audit.engine) as session:
             for name, rules in DATA_CLASSES.items():
                 cutoff = _cutoff(moment, retention.days_for(name), audit.is_sqlite)
@@ -135,7 +141,28 @@ def _purge_table(session: Session, rule: TableRule, cutoff: datetime,
     if dry_run:
         query = sa_select(func.count()).select_from(target).where(where)
         return int(session.execute(query).scalar_one())
+    if rule.table == "deliveries":
+        _record_purged_runs(session, where)
     return int(session.execute(delete(target).where(where)).rowcount)
+
+
+def _record_purged_runs(session: Session, where: ColumnElement[bool]) -> None:
+    """List the runs whose rows are about to go, in the same transaction.
+
+    A re-run of such a run would find no rows and mail everyone again, so
+    the campaign flow refuses a run listed in ``purged_runs``.
+    """
+    runs = session.execute(
+        sa_select(column("campaign", String), column("run_key", String))
+        .select_from(table("deliveries")).where(where).distinct()).all()
+    if not runs:
+        return
+    engine = session.get_bind()
+    moment = utc_now()
+    session.execute(
+        insert_skipping_duplicates(engine, PurgedRun.__table__, ["campaign", "run_key"]),
+        [{"campaign": campaign, "run_key": run_key, "purged_at": moment}
+         for campaign, run_key in runs])
 
 
 def _purge_audit(audit: AuditLog, report: PurgeReport, cutoff: datetime,

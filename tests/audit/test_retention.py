@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import sqlite3
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
+from carepost.core.errors import ConfigError
 from carepost.core.retention import LegalHold, RetentionSettings
 from carepost.core.states import DeliveryState, Purpose
 from carepost.ledger import AuditLog, Ledger, Settlement, outbox_event
+from carepost.flows.campaign_check import reject_purged_run
 from carepost.ledger.retention import purge_expired
 
 NOW = datetime(2031, 6, 1, tzinfo=UTC)
@@ -62,6 +64,34 @@ def aged_ledger(ledger_url: str, ledger_path: Path) -> Path:
     _age(ledger_path, "UPDATE outbox SET pushed_at = ? WHERE campaign = 'recent'",
          NOW - timedelta(days=2))
     return ledger_path
+
+
+def test_purge_lists_purged_runs(aged_ledger: Path, ledger_url: str) -> None:
+    """A run that lost rows is listed. A dry run and untouched runs are not."""
+    purge_expired(ledger_url, POLICY, now=NOW, dry_run=True)
+    ledger = Ledger(ledger_url)
+    assert ledger.purged_at("flu", "2024-01-01") is None
+
+    purge_expired(ledger_url, POLICY, now=NOW)
+    assert ledger.purged_at("flu", "2024-01-01") is not None
+    assert ledger.purged_at("held", "2024-01-01") is not None
+    assert ledger.purged_at("recent", "2024-01-01") is None
+    ledger.close()
+    assert _count(aged_ledger, "purged_runs") == 2
+
+
+def test_purged_run_rejected(aged_ledger: Path, ledger_url: str) -> None:
+    purge_expired(ledger_url, POLICY, now=NOW)
+    ledger = Ledger(ledger_url)
+    try:
+        with pytest.raises(ConfigError) as raised:
+            reject_purged_run(ledger, "flu", date(2024, 1, 1))
+        reject_purged_run(ledger, "flu", date(2024, 1, 2))
+        reject_purged_run(ledger, "recent", date(2024, 1, 1))
+    finally:
+        ledger.close()
+    assert "could send twice" in str(raised.value.hint)
+    assert "flu for 2024-01-01" in str(raised.value)
 
 
 def test_purge_removes_expired_final_rows(aged_ledger: Path, ledger_url: str) -> None:
