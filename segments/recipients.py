@@ -68,6 +68,18 @@ REASON_TEXT = {
 }
 
 
+# The counted reason of each detailed one: both consent checks count as
+# ``no_consent``.
+_REASON_OF = {
+    "deceased": "deceased",
+    "no_address": "no_address",
+    "no_contact_consent": "no_consent",
+    "no_marketing_consent": "no_consent",
+    "suppressed": "suppressed",
+    "frequency_cap": "frequency_cap",
+}
+
+
 @dataclass(frozen=True)
 class RecipientRules:
     """What a campaign run adds to its segment."""
@@ -108,29 +120,38 @@ def select_recipients(
     cap_since = _cap_since(as_of, rules.frequency_cap, rules.cap_until)
     read_by = _load_ledger_rows(conn, rules, cap_since)
     function = f"_carepost_address_hash_{uuid.uuid4().hex[:12]}"
-    _register_hash(conn, function, rules.address_hash)
+    # With an empty suppression list no member needs the keyed hash, which
+    # is a Python call per member.
+    hashing = _has_rows(conn, SUPPRESSED_TABLE)
+    if hashing:
+        _register_hash(conn, function, rules.address_hash)
     try:
-        sql, params = _query(compiled, as_of, rules, function)
-        rows = conn.execute(sql, params).fetchall()
+        sql, params = _query(compiled, as_of, rules, function if hashing else None)
+        columns = conn.execute(sql, params).fetchnumpy()
     finally:
-        conn.remove_function(function)
+        if hashing:
+            conn.remove_function(function)
         conn.execute(f"DROP TABLE IF EXISTS {SUPPRESSED_TABLE}")
         conn.execute(f"DROP TABLE IF EXISTS {SENT_TABLE}")
 
-    removed = Counter(reason for _id, reason, _detail in rows if reason is not None)
-    allowed = [profile_id for profile_id, reason, _detail in rows if reason is None]
-    removed_ids = {profile_id: REASON_TEXT[detail]
-                   for profile_id, reason, detail in rows if reason is not None}
+    # One column each: a NumPy mask picks the allowed ids without a Python
+    # tuple per member, which matters at millions of members.
+    ids, details = columns["profile_id"], columns["detail"]
+    kept = _is_null(details)
+    allowed: list[str] = ids[kept].tolist()
+    removed_ids = dict(zip(ids[~kept].tolist(),
+                           (REASON_TEXT[detail] for detail in details[~kept].tolist())))
+    removed = Counter(_REASON_OF[detail] for detail in details[~kept].tolist())
     log.info(
         "recipients: %d of %d segment members kept, removed %s (ledger read by %s)",
         len(allowed),
-        len(rows),
+        len(ids),
         dict(removed),
         read_by,
     )
     return RecipientSelection(
         profile_ids=allowed,
-        segment_size=len(rows),
+        segment_size=len(ids),
         removed={reason: removed.get(reason, 0) for reason in REASONS},
         ledger_read_by=read_by,
         removed_ids=removed_ids,
@@ -155,13 +176,15 @@ def _cap_since(
 
 
 def _query(
-    compiled: CompiledSegment, as_of: date, rules: RecipientRules, function: str
+    compiled: CompiledSegment, as_of: date, rules: RecipientRules, function: str | None
 ) -> tuple[str, dict[str, Any]]:
     contact, *marketing = CONSENT_COLUMNS[rules.purpose]
     no_marketing = (f"NOT coalesce(p.{marketing[0]}, false)" if marketing
                     else "false")
     cap = rules.frequency_cap
     capped = "coalesce(sent.sent, 0) >= $cap_max" if cap is not None else "false"
+    address_hash = (f"CASE WHEN NOT no_address THEN {function}(email) END"
+                    if function is not None else "CAST(NULL AS VARCHAR)")
     sql = f"""
 WITH segment AS (
 {compiled.sql}
@@ -177,7 +200,7 @@ members AS (
 ),
 hashed AS (
     SELECT profile_id, deceased, no_address, no_contact, no_marketing,
-        CASE WHEN NOT no_address THEN {function}(email) END AS address_hash
+        {address_hash} AS address_hash
     FROM members
 ),
 reasons AS (
@@ -194,9 +217,7 @@ reasons AS (
     FROM hashed AS h
     LEFT JOIN {SENT_TABLE} AS sent ON sent.profile_id = h.profile_id
 )
-SELECT profile_id,
-    CASE WHEN detail LIKE '%_consent' THEN 'no_consent' ELSE detail END AS reason,
-    detail
+SELECT profile_id, detail
 FROM reasons
 ORDER BY profile_id
 """
@@ -204,6 +225,10 @@ ORDER BY profile_id
     if cap is not None:
         params["cap_max"] = cap.max_messages
     return sql, params
+
+
+def _has_rows(conn: duckdb.DuckDBPyConnection, table: str) -> bool:
+    return conn.execute(f"SELECT EXISTS (SELECT 1 FROM {table})").fetchall() == [(True,)]
 
 
 def _register_hash(
@@ -372,3 +397,14 @@ def _create_sent_table(
         )
     finally:
         conn.unregister("_carepost_counts")
+
+
+def _is_null(values: Any) -> Any:
+    """Return a NumPy mask of the NULLs in a column from ``fetchnumpy``.
+
+    DuckDB returns a masked array when the column has NULLs and a plain
+    array when it has none, which ``getmaskarray`` turns into all False.
+    """
+    import numpy as np
+
+    return np.ma.getmaskarray(values)
