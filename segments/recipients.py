@@ -137,11 +137,11 @@ def select_recipients(
     # One column each: a NumPy mask picks the allowed ids without a Python
     # tuple per member, which matters at millions of members.
     ids, details = columns["profile_id"], columns["detail"]
-    kept = _is_null(details)
-    allowed: list[str] = ids[kept].tolist()
-    removed_ids = dict(zip(ids[~kept].tolist(),
-                           (REASON_TEXT[detail] for detail in details[~kept].tolist())))
-    removed = Counter(_REASON_OF[detail] for detail in details[~kept].tolist())
+    allowed_mask = _is_null(details)
+    allowed: list[str] = ids[allowed_mask].tolist()
+    removed_ids = dict(zip(ids[~allowed_mask].tolist(),
+                           (REASON_TEXT[detail] for detail in details[~allowed_mask].tolist())))
+    removed = Counter(_REASON_OF[detail] for detail in details[~allowed_mask].tolist())
     log.info(
         "recipients: %d of %d segment members kept, removed %s (ledger read by %s)",
         len(allowed),
