@@ -98,7 +98,8 @@ def select_segment(run_token: str) -> RecipientSelection:
     rules = RecipientRules(
         purpose=run.campaign.purpose, ledger_url=run.settings.ledger_url,
         address_hash=partial(hash_address, run.address_key),
-        frequency_cap=run.campaign.frequency_cap, run_key=run.run_key,
+        frequency_cap=run.campaign.frequency_cap,
+        excluded_run=(run.campaign.name, run.run_key),
         cap_until=datetime.now(UTC))
     try:
         return library.select_recipients(run.warehouse, run.campaign.segment,

@@ -107,7 +107,7 @@ def _skip_reason(run: RunContext, recipient: Recipient, address_hash: str | None
     if cap is not None:
         since = datetime.now(UTC) - timedelta(days=cap.per_days)
         sent = run.ledger.sent_since(recipient.profile_id, since, purpose=purpose,
-                                     excluding_run=run.run_key)
+                                     excluding_run=(run.campaign.name, run.run_key))
         if sent >= cap.max_messages:
             return "frequency cap reached"
     reentry = run.campaign.reentry_days
@@ -115,7 +115,7 @@ def _skip_reason(run: RunContext, recipient: Recipient, address_hash: str | None
         since = datetime.now(UTC) - timedelta(days=reentry)
         if run.ledger.sent_since(recipient.profile_id, since,
                                  campaign=run.campaign.name,
-                                 excluding_run=run.run_key):
+                                 excluding_run=(run.campaign.name, run.run_key)):
             return f"already sent this campaign within {reentry} days"
     return None
 

@@ -26,7 +26,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Iterable
 
-from sqlalchemy import Table, event, func, update
+from sqlalchemy import Table, and_, event, func, not_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
@@ -230,10 +230,13 @@ class Ledger:
 
     def sent_since(self, profile_id: str, since: datetime, *,
                    purpose: Purpose | None = None, campaign: str | None = None,
-                   excluding_run: str | None = None) -> int:
+                   excluding_run: tuple[str, str] | None = None) -> int:
         """Count messages sent to a profile since ``since``.
 
         ``purpose`` and ``campaign`` narrow the count when given.
+        ``excluding_run`` is a (campaign, run key) pair whose own rows do not
+        count, so a re-run of that run is not capped by itself. Other
+        campaigns' runs of the same date still count.
         """
         query = select(func.count(Delivery.id)).where(
             Delivery.profile_id == profile_id,
@@ -245,7 +248,9 @@ class Ledger:
         if campaign is not None:
             query = query.where(Delivery.campaign == campaign)
         if excluding_run is not None:
-            query = query.where(Delivery.run_key != excluding_run)
+            run_campaign, run_key = excluding_run
+            query = query.where(not_(and_(Delivery.campaign == run_campaign,
+                                          Delivery.run_key == run_key)))
         with Session(self.engine, expire_on_commit=False) as session:
             return session.exec(query).one()
 

@@ -88,9 +88,9 @@ class RecipientRules:
     ledger_url: str
     address_hash: Callable[[str], str]
     frequency_cap: FrequencyCap | None = None
-    # Sends of this run key do not count towards the cap (a re-run of the
-    # same date), as in ``Ledger.sent_since``.
-    run_key: str | None = None
+    # The (campaign, run key) whose own sends do not count towards the cap
+    # (a re-run of the same date), as in ``Ledger.sent_since``.
+    excluded_run: tuple[str, str] | None = None
     # End of the cap window. The campaign flow passes the current time, as
     # the send-time check does. None means the earlier of now and the run
     # date's end.
@@ -262,14 +262,14 @@ def _suppressed_sql(table: str, mark: str) -> str:
     )
 
 
-def _sent_sql(table: str, mark: str, since: str, run_key: str | None) -> str:
+def _sent_sql(table: str, mark: str, since: str, excluding: bool) -> str:
     sql = (
         f"SELECT profile_id, count(*) AS sent FROM {table} "
         f"WHERE purpose = {mark}purpose AND state = {mark}state "
         f"AND updated_at >= {since}"
     )
-    if run_key is not None:
-        sql += f" AND run_key <> {mark}run_key"
+    if excluding:
+        sql += f" AND NOT (campaign = {mark}run_campaign AND run_key = {mark}run_key)"
     return sql + " GROUP BY profile_id"
 
 
@@ -280,8 +280,8 @@ def _sent_params(rules: RecipientRules, since: datetime) -> dict[str, Any]:
         # The ledger stores naive UTC times (SQLAlchemy's DateTime on SQLite).
         "since": since.astimezone(UTC).replace(tzinfo=None),
     }
-    if rules.run_key is not None:
-        params["run_key"] = rules.run_key
+    if rules.excluded_run is not None:
+        params["run_campaign"], params["run_key"] = rules.excluded_run
     return params
 
 
@@ -327,7 +327,8 @@ def _load_by_attach(
         conn.execute(
             f"CREATE OR REPLACE TEMP TABLE {SENT_TABLE} AS "
             + _sent_sql(
-                f"{alias}.deliveries", "$", "CAST($since AS TIMESTAMP)", rules.run_key
+                f"{alias}.deliveries", "$", "CAST($since AS TIMESTAMP)",
+                rules.excluded_run is not None
             ),
             _sent_params(rules, cap_since),
         )
@@ -360,7 +361,7 @@ def _load_by_sqlalchemy(
             sent: list[Any] = []
             if cap_since is not None and "deliveries" in tables:
                 query = text(
-                    _sent_sql("deliveries", ":", ":since", rules.run_key)
+                    _sent_sql("deliveries", ":", ":since", rules.excluded_run is not None)
                 ).bindparams(bindparam("since", type_=DateTime()))
                 sent = list(ledger.execute(query, _sent_params(rules, cap_since)))
     finally:

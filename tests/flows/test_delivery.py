@@ -144,6 +144,23 @@ async def test_frequency_cap(tmp_path, warehouse, smtp_server) -> None:
     assert smtp_server.messages_received == 1
 
 
+async def test_frequency_cap_across_campaigns_same_date(tmp_path, warehouse,
+                                                       smtp_server) -> None:
+    """Two capped campaigns run for the same date mail a patient once."""
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    cap = FrequencyCap(max_messages=1, per_days=7)
+    first_campaign = CARE.model_copy(update={"name": "cap_a", "frequency_cap": cap})
+    second_campaign = CARE.model_copy(update={"name": "cap_b", "frequency_cap": cap})
+    async with TlsSender(_smtp(smtp_server)) as sender:
+        await deliver_batch(_run(tmp_path, warehouse, sender, ledger, first_campaign),
+                            ["p-ok-1"])
+        counts = await deliver_batch(
+            _run(tmp_path, warehouse, sender, ledger, second_campaign), ["p-ok-1"])
+
+    assert counts == {"suppressed": 1}
+    assert smtp_server.messages_received == 1
+
+
 def _rows(ledger: Ledger):
     from sqlmodel import Session, select
 

@@ -110,8 +110,21 @@ def test_sent_since_counts_other_runs(ledger: Ledger) -> None:
 
     assert ledger.sent_since("p-1", week_ago, purpose=Purpose.CARE) == 3
     assert ledger.sent_since("p-1", week_ago, purpose=Purpose.CARE,
-                             excluding_run="2024-02-15") == 2
+                             excluding_run=("checkup_reminder", "2024-02-15")) == 2
     assert ledger.sent_since("p-1", week_ago, purpose=Purpose.MARKETING) == 0
+
+
+def test_sent_since_counts_other_campaigns_same_date(ledger: Ledger) -> None:
+    """Another campaign's send on the same run date counts towards a cap."""
+    claim = ledger.claim(campaign="cap_a", run_key="2024-02-15", profile_id="p-1",
+                         purpose=Purpose.CARE)
+    ledger.settle(claim.delivery_id, Settlement(DeliveryState.SENT))
+    week_ago = datetime.now(UTC) - timedelta(days=7)
+
+    assert ledger.sent_since("p-1", week_ago,
+                             excluding_run=("cap_b", "2024-02-15")) == 1
+    assert ledger.sent_since("p-1", week_ago,
+                             excluding_run=("cap_a", "2024-02-15")) == 0
 
 
 def test_ledger_rows_hold_no_address(ledger: Ledger) -> None:

@@ -208,16 +208,33 @@ def test_cap_skips_same_run(people: SegmentWorld, ledger: Ledger) -> None:
         people.conn,
         "everyone",
         as_of=RUN_DATE,
-        rules=rules(ledger, frequency_cap=cap, run_key="2024-06-15"),
+        rules=rules(ledger, frequency_cap=cap, excluded_run=("other", "2024-06-15")),
     )
     assert "busy" in rerun.profile_ids
     other = people.library().select_recipients(
         people.conn,
         "everyone",
         as_of=RUN_DATE,
-        rules=rules(ledger, frequency_cap=cap, run_key="2024-06-16"),
+        rules=rules(ledger, frequency_cap=cap, excluded_run=("other", "2024-06-16")),
     )
     assert "busy" not in other.profile_ids
+
+
+def test_cap_counts_other_campaign_same_date(
+    people: SegmentWorld, ledger: Ledger
+) -> None:
+    """Another campaign's run of the same date counts towards the cap."""
+    run_end = datetime(2024, 6, 16, tzinfo=UTC)
+    send(ledger, "busy", "2024-06-15", run_end - timedelta(hours=3), campaign="cap_a")
+    cap = FrequencyCap(max_messages=1, per_days=7)
+    second = people.library().select_recipients(
+        people.conn,
+        "everyone",
+        as_of=RUN_DATE,
+        rules=rules(ledger, frequency_cap=cap, excluded_run=("cap_b", "2024-06-15")),
+    )
+    assert "busy" not in second.profile_ids
+    assert second.removed_ids["busy"] == "frequency cap reached"
 
 
 def test_empty_ledger_file(people: SegmentWorld, tmp_path: Path) -> None:
