@@ -14,7 +14,7 @@ import math
 import os
 import secrets
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -81,8 +81,24 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _one_line(value: str) -> str:
+    """Reject control characters in a value that ends up in a mail header."""
+    import re
+
+    found = re.search(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]", value)
+    if found:
+        raise ValueError(f"contains the control character U+{ord(found[0]):04X} "
+                         "(a line break or similar); write the value on one line")
+    return value
+
+
+# Text that goes into message headers (From, Subject), where CR or LF would
+# start a new header.
+HeaderText = Annotated[str, AfterValidator(_one_line)]
+
+
 class Practice(_Strict):
-    name: str
+    name: HeaderText
     postal_address: str
     timezone: TimeZoneName = "America/Chicago"
     website: str = "https://www.example.test"
@@ -90,7 +106,7 @@ class Practice(_Strict):
 
 class SenderIdentity(_Strict):
     address: EmailAddress
-    name: str
+    name: HeaderText
 
 
 class JsonlSink(_Strict):
@@ -238,14 +254,37 @@ def _ledger_url(value: str) -> str:
     if url.drivername not in ("sqlite", "postgresql+psycopg"):
         raise ValueError(f"ledger URL scheme {url.drivername} is not supported; "
                          "use sqlite:///path or postgresql://user@host/db")
-    if url.password is not None:
+    if url.password is not None or "password" in url.query:
         raise ValueError("the ledger URL contains a password; remove it and set "
                          "PGPASSWORD or a ~/.pgpass file, which libpq reads")
-    remote = url.host is not None and url.host not in _LOOPBACK_HOSTS
+    if "service" in url.query:
+        # A pg_service.conf entry can name any host and password.
+        raise ValueError("the ledger URL names a libpq service; write the host, "
+                         "port and database in the URL instead")
+    remote = [host for host in _ledger_hosts(url) if not _is_local_host(host)]
     if remote and url.query.get("sslmode") not in ("verify-ca", "verify-full"):
-        raise ValueError(f"the ledger on {url.host} would be reached without a "
+        raise ValueError(f"the ledger on {remote[0]} would be reached without a "
                          "verified TLS connection; add ?sslmode=verify-full")
     return url.render_as_string(hide_password=False)
+
+
+def _ledger_hosts(url: Any) -> list[str]:
+    """Return every host libpq may connect to: the URL's and its query's.
+
+    libpq also reads ``host`` and ``hostaddr`` from the query string, as
+    comma-separated lists, and they take precedence over the URL's host.
+    """
+    hosts = [url.host] if url.host else []
+    for key in ("host", "hostaddr"):
+        values = url.query.get(key, ())
+        for value in (values,) if isinstance(values, str) else values:
+            hosts.extend(part.strip() for part in value.split(",") if part.strip())
+    return hosts
+
+
+def _is_local_host(host: str) -> bool:
+    # A path is a Unix socket folder on this machine.
+    return host in _LOOPBACK_HOSTS or host.startswith("/")
 
 
 class LedgerSettings(_Strict):

@@ -51,6 +51,9 @@ def _line_of(path: Path, text: str) -> int:
      "part after the @-sign is a special-use or reserved name"),
     ("address: care@prairie-health.example.test", "address: Care <care@x.org>",
      "sender.address", "'Care <care@x.org>' is not a valid email address"),
+    ("care@prairie-health.example.test\n  name: Prairie Family Health",
+     'care@prairie-health.example.test\n  name: "Prairie\\r\\nBcc: all@x.test"',
+     "sender.name", "contains the control character U+000D"),
 ])
 def test_invalid_setting_named(tmp_path: Path, old: str, new: str, key: str,
                                expected: str) -> None:
