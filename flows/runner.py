@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
@@ -24,6 +25,15 @@ def prefect_session(settings: Settings, port: int | None = None) -> Iterator[Non
     home = prefect_runtime.configure(settings.state_path)
     server = prefect_runtime.ensure_server(home, port)
     try:
+        # Importing any part of Prefect fixes its settings from the
+        # environment of that moment, and validating a campaign's cron
+        # imports Prefect's schedule model earlier. Without a refresh the
+        # flow would miss the API set above and start a temporary server
+        # of its own under ~/.prefect.
+        if "prefect.context" in sys.modules:
+            from prefect.context import refresh_global_settings_context
+
+            refresh_global_settings_context()
         import prefect  # noqa: F401  (loads Prefect's logging configuration)
 
         from carepost.flows.redaction import install_redaction
@@ -64,6 +74,10 @@ def check_campaign(settings: Settings, campaign: str,
     from carepost.core.campaign import load_campaigns
     from carepost.core.errors import ConfigError
     from carepost.flows.campaign_check import reference_problems, reject_purged_run
+
+    # Loading campaigns imports Prefect (cron validation), so its home must
+    # point into the state folder first.
+    prefect_runtime.configure(settings.state_path)
 
     campaigns = load_campaigns(settings.path(settings.campaigns_dir))
     if campaign not in campaigns:
