@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 from carepost.core.errors import CarepostError
-from carepost.core.settings import CONFIG_FILE
+from carepost.core.settings import CONFIG_FILE, Settings
 from carepost.flows.cli_common import (
     ConfigOption,
     JsonOption,
@@ -96,6 +96,7 @@ def purge(
     settings = _settings(config)
     os.environ["CAREPOST_CONFIG"] = str(config.resolve())
     try:
+        _check_holds(settings)
         with prefect_session(settings):
             from carepost.flows.purge import purge_flow
 
@@ -111,3 +112,15 @@ def purge(
         typer.echo(f"{verb} {count:>8} {name}")
     if result["held_campaigns"]:
         typer.echo(f"kept under legal hold: {', '.join(result['held_campaigns'])}")
+
+
+def _check_holds(settings: Settings) -> None:
+    """Reject a legal hold on an unknown campaign before any flow starts."""
+    from carepost.core.campaign import load_campaigns
+    from carepost.flows import prefect_runtime
+    from carepost.ledger.retention import check_legal_holds
+
+    # Loading campaigns imports Prefect, whose home must be set first.
+    prefect_runtime.configure(settings.state_path)
+    campaigns = load_campaigns(settings.path(settings.campaigns_dir))
+    check_legal_holds(settings.ledger_url, settings.retention, set(campaigns))

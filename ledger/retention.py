@@ -22,11 +22,12 @@ The audit entries are removed in the same transaction that appends the
 id and hash of the last removed entry (the new start of the chain), so
 ``verify`` accepts the shortened chain. Suppressions are never purged.
 Each campaign run that loses delivery rows is listed in ``purged_runs``,
-so the campaign flow can refuse to run it again.
+so the campaign flow can reject a run of it.
 """
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -36,9 +37,14 @@ from sqlalchemy import table, text
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session, select
 
+from carepost.core.errors import ConfigError
 from carepost.core.retention import RetentionSettings
 from carepost.core.states import DeliveryState
-from carepost.ledger.database import AUDIT_DELETE_TRIGGER, create_tables
+from carepost.ledger.database import (
+    AUDIT_DELETE_TRIGGER,
+    create_ledger_engine,
+    create_tables,
+)
 from carepost.ledger.audit import (
     PURGE_ACTION,
     SQLITE_NO_DELETE,
@@ -90,6 +96,36 @@ class PurgeReport:
         return {"dry_run": self.dry_run, "removed": dict(self.removed),
                 "held_campaigns": list(self.held_campaigns),
                 "audit_entry_id": self.audit_entry_id}
+
+
+def check_legal_holds(ledger_url: str, retention: RetentionSettings,
+                      configured: set[str]) -> None:
+    """Raise ``ConfigError`` for a hold whose campaign exists nowhere.
+
+    A hold may name a campaign whose file is gone while its rows remain,
+    so the ledger's campaigns count as known too. A name in neither place
+    is a typo, and its hold would keep nothing.
+    """
+    held = retention.held_campaigns
+    if not held:
+        return
+    engine = create_ledger_engine(ledger_url)
+    recorded: set[str] = set()
+    try:
+        if "deliveries" in inspect(engine).get_table_names():
+            with Session(engine) as session:
+                recorded = set(session.execute(
+                    sa_select(column("campaign", String))
+                    .select_from(table("deliveries")).distinct()).scalars())
+    finally:
+        engine.dispose()
+    known = configured | recorded
+    for name in sorted(held - known):
+        close = difflib.get_close_matches(name, sorted(known), n=1)
+        raise ConfigError(
+            f"retention.legal_holds names campaign {name!r}, which is neither in "
+            "the campaigns folder nor in the ledger, so the hold would keep nothing",
+            hint=f"did you mean {close[0]!r}?" if close else "check the spelling")
 
 
 def purge_expired(ledger_url: str, retention: RetentionSettings, *,

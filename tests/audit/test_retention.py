@@ -14,7 +14,7 @@ from carepost.core.retention import LegalHold, RetentionSettings
 from carepost.core.states import DeliveryState, Purpose
 from carepost.ledger import AuditLog, Ledger, Settlement, outbox_event
 from carepost.flows.campaign_check import reject_purged_run
-from carepost.ledger.retention import purge_expired
+from carepost.ledger.retention import check_legal_holds, purge_expired
 
 NOW = datetime(2031, 6, 1, tzinfo=UTC)
 POLICY = RetentionSettings(engagement_events=365, deliveries=400, outbox_pushed=30,
@@ -192,3 +192,20 @@ def test_audit_retention_shorter_than_others_rejected() -> None:
 def test_audit_retention_under_six_years_rejected() -> None:
     with pytest.raises(ValidationError, match="audit_entries"):
         RetentionSettings(audit_entries=365)
+
+
+def test_legal_hold_typo_rejected(aged_ledger: Path, ledger_url: str) -> None:
+    policy = RetentionSettings(
+        legal_holds=(LegalHold(campaign="fluu", reason="matter 1"),))
+    with pytest.raises(ConfigError) as raised:
+        check_legal_holds(ledger_url, policy, configured={"checkup_reminder"})
+    assert "'fluu'" in str(raised.value)
+    assert "did you mean 'flu'?" in str(raised.value)
+
+
+def test_legal_hold_known_names_accepted(aged_ledger: Path, ledger_url: str) -> None:
+    """A hold may name a configured campaign or one only the ledger knows."""
+    policy = RetentionSettings(legal_holds=(
+        LegalHold(campaign="held", reason="matter 1"),
+        LegalHold(campaign="checkup_reminder", reason="matter 2")))
+    check_legal_holds(ledger_url, policy, configured={"checkup_reminder"})
