@@ -10,6 +10,9 @@ Errors:
 
     ConfigError
     └── YamlFileError   path, line, column, problem (encoding, syntax, duplicate key)
+        └── NotUtf8Error    path, offset and value of the first byte that is
+                            not UTF-8; ``read_utf8_text`` raises it for any
+                            text file (segments and templates use it too)
 
 Segment specs and template front matter have their own loaders
 (``carepost.segments.yamlsource``, ``carepost.templates.spec``).
@@ -29,17 +32,27 @@ from carepost.core.errors import ConfigError
 
 __all__ = [
     "DuplicateKeyError",
+    "NotUtf8Error",
     "UniqueKeyLoader",
     "YamlDocument",
     "YamlFileError",
     "describe_validation_error",
     "load_yaml_file",
+    "read_utf8_text",
 ]
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 # Values longer than this are cut in messages; a whole mapping is no help.
 _MAX_FOUND_CHARS = 60
+
+# Byte order marks of encodings an editor may save "Unicode" text in.
+_BYTE_ORDER_MARKS = {
+    b"\xff\xfe\x00\x00": "a UTF-32 byte order mark",
+    b"\x00\x00\xfe\xff": "a UTF-32 byte order mark",
+    b"\xff\xfe": "a UTF-16 byte order mark",
+    b"\xfe\xff": "a UTF-16 byte order mark",
+}
 
 
 class DuplicateKeyError(yaml.constructor.ConstructorError):
@@ -91,6 +104,47 @@ class YamlFileError(ConfigError):
         super().__init__(self.message, hint=hint)
 
 
+class NotUtf8Error(YamlFileError):
+    """A file that carepost reads as text is not UTF-8.
+
+    ``offset`` is the 0-based offset of the first byte that does not
+    decode, and ``byte`` its value; ``line`` and ``column`` locate it too.
+    """
+
+    def __init__(self, path: Path, raw: bytes, offset: int) -> None:
+        self.path = path
+        self.offset = offset
+        self.byte = raw[offset]
+        self.line = raw.count(b"\n", 0, offset) + 1
+        self.column = offset - raw.rfind(b"\n", 0, offset)
+        found = f"byte 0x{self.byte:02x} at offset {offset}"
+        mark = _byte_order_mark(raw) if offset == 0 else None
+        self.problem = f"not UTF-8 text ({found}{', ' + mark if mark else ''})"
+        self.message = f"{path}: {self.problem}; save it as UTF-8"
+        # YamlFileError's message starts with line:column; this one names
+        # the byte offset instead, which hex editors and `cmp` show.
+        ConfigError.__init__(self, self.message)
+
+
+def _byte_order_mark(raw: bytes) -> str | None:
+    for mark, name in _BYTE_ORDER_MARKS.items():
+        if raw.startswith(mark):
+            return name
+    return None
+
+
+def read_utf8_text(path: Path) -> str:
+    """Read a whole file as UTF-8, or raise ``NotUtf8Error`` naming the bad byte.
+
+    ``OSError`` (a missing file) propagates.
+    """
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise NotUtf8Error(path, raw, exc.start) from None
+
+
 @dataclass(frozen=True)
 class YamlDocument:
     """The data of one YAML file and the node tree it was built from."""
@@ -127,19 +181,12 @@ def _child(node: yaml.Node, part: str | int) -> yaml.Node | None:
 def load_yaml_file(path: Path) -> YamlDocument:
     """Parse one UTF-8 YAML file with ``UniqueKeyLoader``.
 
-    Raises ``YamlFileError`` for text that is not UTF-8, a syntax error or
-    a repeated key. ``OSError`` (a missing file) propagates, so each caller
-    can name the setting that points here.
+    Raises ``YamlFileError`` for a syntax error or a repeated key, and its
+    subclass ``NotUtf8Error`` for text that is not UTF-8. ``OSError`` (a
+    missing file) propagates, so each caller can name the setting that
+    points here.
     """
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        column = exc.start - raw.rfind(b"\n", 0, exc.start)
-        raise YamlFileError(path, line, column, "not UTF-8 text",
-                            hint="save the file as UTF-8") from None
-
+    text = read_utf8_text(path)
     loader = UniqueKeyLoader(text)
     try:
         root = loader.get_single_node()

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from carepost.core.yamlio import NotUtf8Error, read_utf8_text
 from carepost.segments.errors import SegmentSpecError
 
 KeyPath = tuple[str | int, ...]
@@ -76,10 +77,28 @@ class SourceMap:
         )
 
 
+class SpecEncodingError(SegmentSpecError):
+    """A spec file that is not UTF-8, with a message naming the first bad byte.
+
+    It keeps the fields of ``SegmentSpecError`` (``carepost segments
+    validate --json`` prints them) but reads as the one line that
+    ``NotUtf8Error`` prints for every other carepost file.
+    """
+
+    def __init__(self, error: NotUtf8Error) -> None:
+        found = f"byte 0x{error.byte:02x} at offset {error.offset}"
+        super().__init__(error.path, error.line, error.column, "", "UTF-8 text", found)
+        self.args = (error.message,)
+
+
 def load_spec_file(path: Path) -> tuple[dict[str, Any], SourceMap]:
     """Parse one YAML spec into plain data and the positions of its parts."""
     source = SourceMap(path)
-    loader = yaml.SafeLoader(path.read_text(encoding="utf-8"))
+    try:
+        text = read_utf8_text(path)
+    except NotUtf8Error as exc:
+        raise SpecEncodingError(exc) from None
+    loader = yaml.SafeLoader(text)
     try:
         root = loader.get_single_node()
         data = _convert(loader, root, (), source) if root is not None else None

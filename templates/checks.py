@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from carepost.core.yamlio import NotUtf8Error, read_utf8_text
 from carepost.templates.environment import filter_names
 from carepost.templates.errors import TemplateSpecError
 from carepost.templates.spec import ENGINE_NAMES, TemplateSpec
@@ -71,6 +72,8 @@ def load_sources(
             continue
         try:
             source, filename, _ = env.loader.get_source(env, name)
+        except UnicodeDecodeError:
+            raise _not_utf8(folder / name) from None
         except TemplateNotFound:
             raise TemplateSpecError(
                 folder / start,
@@ -90,6 +93,15 @@ def load_sources(
                 )
             pending.append(reference)
     return [seen[name] for name in sorted(seen)]
+
+
+def _not_utf8(path: Path) -> TemplateSpecError:
+    """Describe a layout or partial that Jinja's loader could not decode."""
+    try:
+        read_utf8_text(path)
+    except NotUtf8Error as exc:
+        return TemplateSpecError(path, None, f"{exc.problem}; save it as UTF-8")
+    return TemplateSpecError(path, None, "not UTF-8 text; save it as UTF-8")
 
 
 def check_file(

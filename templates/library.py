@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from carepost.core.settings import Practice
+from carepost.core.yamlio import NotUtf8Error, read_utf8_text
 from carepost.templates.checks import check_file, check_headline, load_sources
 from carepost.templates.environment import (
     HTML_SUFFIX,
@@ -220,7 +221,14 @@ def _discover(folder: Path) -> dict[str, dict[str, Path]]:
 
 
 def _front(path: Path) -> str | None:
-    return split_front_matter(path.read_text(encoding="utf-8"))[0]
+    return split_front_matter(_read_source(path))[0]
+
+
+def _read_source(path: Path) -> str:
+    try:
+        return read_utf8_text(path)
+    except NotUtf8Error as exc:
+        raise TemplateSpecError(path, None, f"{exc.problem}; save it as UTF-8") from None
 
 
 def _check_languages(spec: TemplateSpec, specs: dict[str, TemplateSpec]) -> None:
@@ -244,7 +252,7 @@ def _check_text_file(text_path: Path) -> bool:
     """Return whether the text file exists; reject front matter in it."""
     if not text_path.is_file():
         return False
-    front, _ = split_front_matter(text_path.read_text(encoding="utf-8"))
+    front, _ = split_front_matter(_read_source(text_path))
     if front is not None:
         raise TemplateSpecError(
             text_path, 1, "front matter belongs in the .html.j2 file only"

@@ -120,8 +120,12 @@ def test_syntax_error_points_at_line(tmp_path: Path, text: str, where: str,
 def test_non_utf8_file_named(tmp_path: Path) -> None:
     path = _write(tmp_path, "carepost.yaml", b"practice:\n  name: Caf\xe9\n")
 
-    with pytest.raises(YamlFileError, match=r"carepost\.yaml:2:12: not UTF-8 text"):
+    with pytest.raises(YamlFileError) as caught:
         load_settings(path)
+
+    assert str(caught.value) == (
+        f"{path}: not UTF-8 text (byte 0xe9 at offset 21); save it as UTF-8")
+    assert (caught.value.line, caught.value.column) == (2, 12)
 
 
 def test_position_of_key_paths(tmp_path: Path) -> None:
