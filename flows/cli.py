@@ -15,6 +15,7 @@ from carepost.core.campaign import load_campaigns
 from carepost.core.errors import CarepostError
 from carepost.core.settings import CONFIG_FILE, Settings
 from carepost.flows.cli_common import (
+    CarepostGroup,
     ConfigOption,
     console,
     errors,
@@ -25,7 +26,8 @@ from carepost.flows.cli_common import (
 )
 
 # Locals in a traceback may hold PHI, so tracebacks never show them.
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+# CarepostGroup prints a CarepostError that no command caught as one line.
+app = typer.Typer(cls=CarepostGroup, add_completion=False, no_args_is_help=True,
                   pretty_exceptions_show_locals=False,
                   help="carepost: CDP-to-email campaigns for healthcare.")
 

@@ -21,16 +21,25 @@ for free, each guarding a failure that ``tests/postgres`` reproduces:
   create the same table (a ``pg_type`` unique violation otherwise).
 - ``audit_log`` gets triggers that reject UPDATE, DELETE and TRUNCATE, the
   counterpart of the SQLite triggers in ``carepost.ledger.audit``.
+
+Every engine made here turns a failed first connection (a wrong password,
+nothing listening, an unknown database) into ``LedgerConnectionError``, a
+``CarepostError`` of one line that names the host and port but never the
+password. The driver's error stays as ``__cause__``.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Table, create_engine, event, make_url, text
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import URL, Connection, Engine, ExceptionContext
+from sqlalchemy.exc import OperationalError
 from sqlmodel import SQLModel
+
+from carepost.core.errors import CarepostError
 
 # Any constant works: it only has to be the same in every carepost process.
 SCHEMA_LOCK_KEY = 0x6361726570_6F7374  # "carepost" in ASCII, as a bigint
@@ -57,6 +66,38 @@ _AUDIT_TRIGGER_EVENTS = {
 }
 
 
+# libpq's reasons after "failed: ", matched in order; group 1 is quoted.
+_PASSWORD_FIX = "check PGPASSWORD or ~/.pgpass"
+_URL_FIX = "check ledger.url in carepost.yaml"
+_CONNECT_REASONS = (
+    (re.compile(r'password authentication failed for user "([^"]*)"'),
+     'authentication failed for user "{0}"', _PASSWORD_FIX),
+    (re.compile(r"(no password supplied)"),
+     "no password supplied", _PASSWORD_FIX),
+    (re.compile(r'role "([^"]*)" does not exist'),
+     'role "{0}" does not exist', "create the role, or " + _URL_FIX),
+    (re.compile(r'database "([^"]*)" does not exist'),
+     'database "{0}" does not exist', "create the database, or " + _URL_FIX),
+    (re.compile(r"(Connection refused)"),
+     "connection refused", "start PostgreSQL there, or " + _URL_FIX),
+    (re.compile(r"(timeout expired)"),
+     "connection timed out", "check the host and firewall, or " + _URL_FIX),
+)
+
+
+class LedgerConnectionError(CarepostError):
+    """The ledger database could not be reached or rejected the login.
+
+    ``reason`` is libpq's (or SQLite's) reason in one line; the message
+    names the host and port (or SQLite's file) and never the password.
+    """
+
+    def __init__(self, reason: str, where: str, hint: str) -> None:
+        self.reason = reason
+        self.where = where
+        super().__init__(f"ledger database: {reason} at {where}", hint=hint)
+
+
 def is_postgres(url_or_engine: str | Engine) -> bool:
     if isinstance(url_or_engine, Engine):
         return url_or_engine.dialect.name == "postgresql"
@@ -64,12 +105,47 @@ def is_postgres(url_or_engine: str | Engine) -> bool:
 
 
 def create_ledger_engine(url: str) -> Engine:
-    """Create an engine for ``url``, with the PostgreSQL session settings."""
+    """Create an engine for ``url``, with the PostgreSQL session settings.
+
+    A failed first connection raises ``LedgerConnectionError``.
+    """
     if not is_postgres(url):
-        return create_engine(url)
-    engine = create_engine(url, isolation_level="READ COMMITTED")
-    event.listen(engine, "connect", _postgres_session)
+        engine = create_engine(url)
+    else:
+        engine = create_engine(url, isolation_level="READ COMMITTED")
+        event.listen(engine, "connect", _postgres_session)
+    event.listen(engine, "handle_error", _convert_connect_error)
     return engine
+
+
+def _convert_connect_error(context: ExceptionContext) -> None:
+    # SQLAlchemy leaves ``connection`` unset only when connecting failed;
+    # errors of a statement on an open connection pass through unchanged.
+    if context.connection is not None:
+        return
+    if not isinstance(context.sqlalchemy_exception, OperationalError):
+        return
+    raise connect_error(context.engine.url, context.original_exception)
+
+
+def connect_error(url: URL, error: BaseException) -> LedgerConnectionError:
+    """Describe a failed connection to ``url`` in one line, without the password."""
+    # libpq puts the reason after "failed: "; its hint follows on a new line.
+    text_lines = str(error).strip().splitlines() or ["unknown error"]
+    reason = text_lines[0].rpartition("failed: ")[2].removeprefix("FATAL:").strip()
+    where = _describe_target(url)
+    for pattern, template, hint in _CONNECT_REASONS:
+        found = pattern.search(reason)
+        if found is not None:
+            return LedgerConnectionError(template.format(found.group(1)), where, hint)
+    return LedgerConnectionError(reason, where, _URL_FIX)
+
+
+def _describe_target(url: URL) -> str:
+    if url.get_backend_name() == "sqlite":
+        return url.database or "an in-memory database"
+    host = url.host or url.query.get("host") or "the local socket"
+    return f"{host}:{url.port or 5432}"
 
 
 def _postgres_session(dbapi_connection: Any, _record: Any) -> None:
@@ -126,6 +202,8 @@ def lock_audit_log(connection: Connection) -> None:
 __all__ = [
     "AUDIT_DELETE_TRIGGER",
     "AUDIT_TRIGGERS",
+    "LedgerConnectionError",
+    "connect_error",
     "create_ledger_engine",
     "create_tables",
     "ensure_audit_triggers",
