@@ -19,6 +19,7 @@ import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.message import EmailMessage
+from email.policy import SMTP, SMTPUTF8
 from email.utils import format_datetime, make_msgid
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
@@ -39,6 +40,7 @@ from carepost.flows.cli_common import (
 
 if TYPE_CHECKING:
     from carepost.connectors.mx import MxResolver
+    from carepost.connectors.smtp_envelope import EnvelopeError
     from carepost.connectors.tls_status import DomainStatus, TlsStatusStore
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -49,6 +51,8 @@ CaOption = Annotated[Optional[Path], typer.Option(
     "--ca", help="PEM bundle of CAs to trust instead of the system store.")]
 
 MX_PORT = 25
+
+_TO_FIX = "pass one plain address such as name@example.org (nothing was sent)"
 
 
 def _split_target(target: str) -> tuple[str, int | None]:
@@ -135,9 +139,25 @@ def _print_status(status: DomainStatus, as_json: bool) -> None:
 
 
 def _test_message(sender: str, recipient: str) -> bytes:
-    message = EmailMessage()
+    """Build the synthetic message; its To is the address the envelope carries.
+
+    The default policy would write a non-ASCII local part or an IDN domain
+    as RFC 2047 encoded-words, which RFC 2047 section 5 forbids in an
+    address and which the envelope check rightly reads as a different
+    address. The To header instead carries the domain in ASCII (as the
+    envelope does) and the local part in UTF-8 (RFC 6532, sent with
+    SMTPUTF8 when it is not ASCII).
+    """
+    from carepost.connectors.smtp_envelope import wire_address
+
+    try:
+        to_address, needs_utf8 = wire_address(recipient)
+    except ValueError:
+        # An invalid IDN: the envelope check rejects it before sending.
+        to_address, needs_utf8 = recipient, not recipient.isascii()
+    message = EmailMessage(policy=SMTPUTF8 if needs_utf8 else SMTP)
     message["From"] = f"carepost TLS test <{sender}>"
-    message["To"] = recipient
+    message["To"] = to_address
     message["Subject"] = "carepost TLS test message"
     message["Date"] = format_datetime(datetime.now(UTC))
     message["Message-ID"] = make_msgid(domain=sender.rpartition("@")[2])
@@ -157,8 +177,10 @@ def send_test(
 ) -> None:
     """Send one synthetic message over verified TLS and print how it ended."""
     from carepost.connectors.smtp import SendOutcome, TlsSender
+    from carepost.connectors.smtp_envelope import EnvelopeError
     from carepost.core.settings import SmtpSettings
 
+    _check_to_option(to)
     settings = _settings(config)
     smtp = SmtpSettings(host=host, port=port,
                         tls="implicit" if port == 465 else "starttls",
@@ -174,6 +196,8 @@ def send_test(
 
     try:
         outcome = asyncio.run(send())
+    except EnvelopeError as exc:
+        _fail(_envelope_problem(exc))
     except CarepostError as exc:
         _fail(exc)
     result = {"state": str(outcome.state), "reason": outcome.reason,
@@ -188,6 +212,25 @@ def send_test(
             typer.echo(f"{key:<12} {'-' if value is None else value}")
     if outcome.state != "sent":
         raise typer.Exit(1)
+
+
+def _check_to_option(to: str) -> None:
+    """Reject a --to value with CR, LF or another unprintable character.
+
+    Such a value would end the SMTP command or header line early. The
+    error never repeats the value.
+    """
+    if not to.isprintable():
+        _fail(f"--to: the address contains a control character (CR, LF or "
+              f"another unprintable one); {_TO_FIX}")
+
+
+def _envelope_problem(error: EnvelopeError) -> str:
+    """Reword an envelope check of the test message in terms of its options."""
+    if error.problem.startswith("envelope sender"):
+        return (f"sender.address in carepost.yaml: {error.problem}; correct it "
+                "there (nothing was sent)")
+    return f"--to: {error.problem}; {_TO_FIX}"
 
 
 def _audit_send_test(settings: Settings, result: dict[str, Any]) -> None:
