@@ -31,9 +31,10 @@ Errors:
 
     CarepostError (carepost.core.errors)
     ├── SourceError   a whole file is unusable: missing, unsupported suffix,
-    │                 unreadable, not valid in its encoding (NDJSON), or a
-    │                 required column is absent. The transaction is rolled
-    │                 back, so nothing of that sync is loaded.
+    │                 unreadable, UTF-16 or UTF-32 text, not valid in its
+    │                 encoding (NDJSON), or a required column is absent.
+    │                 The transaction is rolled back, so nothing of that
+    │                 sync is loaded.
     └── MappingError  (files_mapping) the mapping file is invalid or names
                       a column the export does not have.
 
@@ -83,6 +84,13 @@ CSV_ERROR_WORDS = {
     "UNQUOTED VALUE": "quote character inside an unquoted value",
     "LINE SIZE OVER MAXIMUM": "line too long",
 }
+
+# UTF-32 first: its little-endian mark starts with UTF-16's.
+_WIDE_BYTE_ORDER_MARKS = (
+    (b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"),
+    (b"\xff\xfe", "UTF-16"), (b"\xfe\xff", "UTF-16"),
+)
+
 
 class SourceError(CarepostError):
     """A source file cannot be loaded at all; the message names the file."""
@@ -206,6 +214,8 @@ def _stage(
     if not path.is_file():
         raise SourceError(f"export file not found: {path}", hint="check the path")
     suffix = path.suffix.lower()
+    if suffix in (".csv", ".ndjson", ".jsonl"):
+        _reject_wide_text(path, options.encoding)
     try:
         if suffix == ".csv":
             with _lf_line_ends(path) as readable:
@@ -227,6 +237,30 @@ def _stage(
             f"cannot read {path.name}: {type(error).__name__}",
             hint="check that the file is complete and in the format its suffix names",
         ) from None
+
+
+def _reject_wide_text(path: Path, encoding: str) -> None:
+    """Raise ``SourceError`` for a UTF-16 or UTF-32 text file.
+
+    DuckDB would read such a file as one garbled column, and the error
+    would name a missing column instead of the encoding. A byte order mark
+    or a NUL byte in the first 4 KiB gives such a file away.
+    """
+    with path.open("rb") as source:
+        head = source.read(4096)
+    for mark, name in _WIDE_BYTE_ORDER_MARKS:
+        if head.startswith(mark):
+            found = f"byte 0x{head[0]:02x} at offset 0, a {name} byte order mark"
+            break
+    else:
+        offset = head.find(b"\x00")
+        if offset < 0:
+            return
+        found = f"byte 0x00 at offset {offset}, as in UTF-16 text"
+    raise SourceError(
+        f"{path.name}: not {encoding_name(encoding)} text ({found}); save it as "
+        "UTF-8, or as Latin-1 with encoding: latin-1 on the source in carepost.yaml"
+    )
 
 
 def _quote(name: str) -> str:
