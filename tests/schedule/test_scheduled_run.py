@@ -8,41 +8,18 @@ are on the reserved example.test domain.
 from __future__ import annotations
 
 import mailbox
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 import yaml
 
-from carepost.connectors.local_smtp import LocalTlsSmtpServer
 from carepost.core.settings import load_settings
 from carepost.flows.behaviour import BehaviourEngine
 from carepost.flows.schedule import run_scheduled
 from carepost.ledger import Inbox, Ledger
-from tests.flows.project import Project, make_project
 
-CAMPAIGN = "diabetes_education"
-
-
-@pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-            ) -> Iterator[tuple[Project, LocalTlsSmtpServer]]:
-    with LocalTlsSmtpServer(tmp_path / "mailbox") as smtp:
-        project = make_project(tmp_path / "project")
-        project.set_smtp(host=smtp.host, port=smtp.port, ca_file=str(smtp.ca_file))
-        monkeypatch.setenv("CAREPOST_CONFIG", str(project.config))
-        yield project, smtp
-
-
-def _runs(project: Project) -> list[tuple[str, str]]:
-    ledger = Ledger(load_settings(project.config).ledger_url)
-    try:
-        return [(run.run_key, run.state)
-                for run in Inbox(ledger.engine).scheduled_runs(CAMPAIGN)]
-    finally:
-        ledger.close()
+from .conftest import CAMPAIGN, scheduled_runs
 
 
 async def test_missed_run_expires(project) -> None:
@@ -52,7 +29,7 @@ async def test_missed_run_expires(project) -> None:
                                  scheduled + timedelta(hours=12, minutes=1))
     assert result["status"] == "expired"
     assert result["run_date"] == "2025-06-02"
-    assert _runs(folder) == [("2025-06-02", "expired")]
+    assert scheduled_runs(folder) == [("2025-06-02", "expired")]
     assert smtp.messages_received == 0
 
 
