@@ -42,7 +42,6 @@ from carepost.ledger.inbox import (
     PendingKind,
     PendingSend,
     PendingState,
-    as_utc,
 )
 
 if TYPE_CHECKING:
@@ -58,18 +57,44 @@ __all__ = [
     "run_date_for",
     "run_scheduled",
     "scheduled_campaign_flow",
+    "utc_instant",
 ]
 
 log = logging.getLogger(__name__)
 
 
+def utc_instant(moment: datetime) -> datetime:
+    """Return ``moment`` as a plain, aware ``datetime`` in UTC.
+
+    Every time that reaches this module from Prefect or from the inbox
+    passes through here. A naive value is UTC: Prefect 3.9 parses a
+    naive time as UTC (``prefect.runtime.flow_run``, and its ``DateTime``
+    validator), and SQLite returns the ledger's UTC times naive.
+
+    The copy into a plain ``datetime`` is the point. On Python 3.11 and
+    3.12 Prefect's ``scheduled_start_time`` is a pendulum ``DateTime``
+    subclass. Once converted to a standard ``tzinfo`` such as ``UTC``,
+    pendulum 3.3.0 drops that zone when a ``timedelta`` is added
+    (``DateTime.add`` keeps only pendulum's own time zones), so
+    ``scheduled + send_by`` came out naive. Only attributes are read here
+    because Prefect warns on pendulum's own methods, ``replace`` among them.
+    """
+    plain = datetime(moment.year, moment.month, moment.day, moment.hour,
+                     moment.minute, moment.second, moment.microsecond,
+                     tzinfo=moment.tzinfo, fold=moment.fold)
+    if plain.utcoffset() is None:
+        return plain.replace(tzinfo=UTC)
+    return plain.astimezone(UTC)
+
+
 def run_date_for(scheduled_for: datetime, timezone: str) -> date:
     """Return the local date of a scheduled run, its ledger run key."""
-    return scheduled_for.astimezone(ZoneInfo(timezone)).date()
+    return utc_instant(scheduled_for).astimezone(ZoneInfo(timezone)).date()
 
 
 def deadline_passed(due_at: datetime, send_by: timedelta, now: datetime) -> bool:
-    return now > due_at + send_by
+    """Return whether ``now`` is past ``due_at + send_by`` (naive means UTC)."""
+    return utc_instant(now) > utc_instant(due_at) + send_by
 
 
 def in_window(window: SendWindow, local: datetime) -> bool:
@@ -88,7 +113,7 @@ def next_opening(window: SendWindow, zone: ZoneInfo, now: datetime) -> datetime:
     A start time that does not exist on a spring-forward day resolves to
     the instant after the gap (zoneinfo's ``fold=0`` rule).
     """
-    local = now.astimezone(zone)
+    local = utc_instant(now).astimezone(zone)
     day = local.date()
     if local.time().replace(tzinfo=None) >= window.start:
         day += timedelta(days=1)
@@ -116,12 +141,15 @@ class SendHold:
     deadline: datetime
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
 
+    def __post_init__(self) -> None:
+        self.deadline = utc_instant(self.deadline)
+
     def decide(self, zone_name: str | None) -> WindowDecision | None:
         """Return None to send now, or how the recipient is held."""
         zone = ZoneInfo(zone_name or self.fallback_zone)
         where = (f"{zone.key}" if zone_name
                  else f"practice zone {zone.key}: the profile has none")
-        now = self.clock()
+        now = utc_instant(self.clock())
         if in_window(self.window, now.astimezone(zone)):
             return None
         span = f"{self.window.start:%H:%M}-{self.window.end:%H:%M} ({where})"
@@ -160,7 +188,7 @@ def hold_for(campaign: Campaign, inbox: Inbox, practice_zone: str,
     """Build the hold of one run due at ``due_at`` (its deadline follows)."""
     return SendHold(inbox=inbox, window=campaign.send_window,
                     fallback_zone=practice_zone,
-                    deadline=due_at + campaign.send_deadline)
+                    deadline=utc_instant(due_at) + campaign.send_deadline)
 
 
 def _scheduled_campaign(name: str) -> Campaign:
@@ -182,12 +210,13 @@ async def run_scheduled(campaign: str, scheduled_for: datetime,
     Prefect run created twice for the same local date, finds it and
     sends nothing. A run that crashed half way is not restarted here;
     ``carepost run CAMPAIGN --as-of DATE`` finishes it (the ledger skips
-    everyone already mailed).
+    everyone already mailed). Naive ``scheduled_for`` and ``now`` are UTC.
     """
     from carepost.flows.campaign import campaign_flow
 
     spec = _scheduled_campaign(campaign)
-    scheduled_for = as_utc(scheduled_for)
+    scheduled_for = utc_instant(scheduled_for)
+    now = utc_instant(now)
     run_key = run_date_for(scheduled_for, spec.schedule.timezone).isoformat()
     result: dict[str, Any] = {"campaign": campaign, "run_date": run_key,
                               "scheduled_for": scheduled_for.isoformat()}
@@ -222,5 +251,6 @@ async def scheduled_campaign_flow(campaign: str) -> dict[str, Any]:
     """Run a campaign for the local date of this flow run's scheduled time."""
     from prefect.runtime import flow_run
 
-    scheduled = flow_run.scheduled_start_time or datetime.now(UTC)
+    # Prefect's expected start time; outside a flow run Prefect returns now.
+    scheduled = utc_instant(flow_run.scheduled_start_time)
     return await run_scheduled(campaign, scheduled, datetime.now(UTC))
