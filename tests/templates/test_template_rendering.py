@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from pydantic import ValidationError
 from carepost.core.phi import PHI
 from carepost.core.settings import Practice
 from carepost.core.states import Purpose
@@ -353,7 +354,12 @@ def test_fixed_subject_injection_still_fails(
     write_library: WriteLibrary, profile: dict[str, object]
 ) -> None:
     folder = write_library("<p>Hi</p>\n").folder
-    practice = Practice(name="Clinic\r\nBcc: x@example.org", postal_address="1 Main St")
+    name = "Clinic\r\nBcc: x@example.org"
+    with pytest.raises(ValidationError):
+        Practice(name=name, postal_address="1 Main St")
+    # The configuration rejects it, and rendering still stops it if a
+    # practice is ever built without that check.
+    practice = Practice.model_construct(name=name, postal_address="1 Main St")
     template = TemplateLibrary(folder, practice).get("sample")
 
     assert template.choose(None).fixed_subject is None
