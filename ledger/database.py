@@ -30,6 +30,7 @@ password. The driver's error stays as ``__cause__``.
 
 from __future__ import annotations
 
+import fcntl
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -161,7 +162,7 @@ def create_tables(engine: Engine, tables: Sequence[Table] | None = None) -> None
     may lack, under the same lock as the tables.
     """
     if not is_postgres(engine):
-        SQLModel.metadata.create_all(engine, tables=tables)
+        _create_sqlite_tables(engine, tables)
         return
     with engine.begin() as connection:
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"),
@@ -169,6 +170,26 @@ def create_tables(engine: Engine, tables: Sequence[Table] | None = None) -> None
         SQLModel.metadata.create_all(connection, tables=tables)
         if "audit_log" in _existing_tables(connection):
             ensure_audit_triggers(connection)
+
+
+def _create_sqlite_tables(engine: Engine, tables: Sequence[Table] | None) -> None:
+    """Create missing tables while holding a lock file beside the database.
+
+    ``create_all`` checks for each table, then creates it. Two processes on
+    a new SQLite file (two scheduled runs due the same minute) could both
+    see a table missing, and the second CREATE would fail with "already
+    exists". The lock makes them take turns; the second finds the tables.
+    """
+    database = engine.url.database
+    if not database or database == ":memory:":
+        SQLModel.metadata.create_all(engine, tables=tables)
+        return
+    with open(f"{database}.create-lock", "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            SQLModel.metadata.create_all(engine, tables=tables)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _existing_tables(connection: Connection) -> set[str]:

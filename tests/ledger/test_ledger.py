@@ -134,3 +134,28 @@ def test_ledger_rows_hold_no_address(ledger: Ledger) -> None:
     with Session(ledger.engine) as session:
         row = session.exec(select(Delivery).where(Delivery.id == claim.delivery_id)).one()
     assert "zed" not in row.model_dump_json()
+
+
+def _open_ledger_and_audit(url: str, barrier) -> None:
+    from carepost.ledger import AuditLog
+
+    barrier.wait()
+    Ledger(url).close()
+    AuditLog(url).close()
+
+
+def test_new_sqlite_ledger_opened_by_several_processes(tmp_path) -> None:
+    """Processes that open a new ledger file at once all get its tables."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    for attempt in range(3):
+        url = f"sqlite:///{tmp_path / f'ledger-{attempt}.db'}"
+        barrier = context.Barrier(4)
+        workers = [context.Process(target=_open_ledger_and_audit, args=(url, barrier))
+                   for _ in range(4)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(timeout=60)
+        assert [worker.exitcode for worker in workers] == [0, 0, 0, 0]
