@@ -31,6 +31,7 @@ password. The driver's error stays as ``__cause__``.
 from __future__ import annotations
 
 import fcntl
+import os
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -181,7 +182,10 @@ def _create_sqlite_tables(engine: Engine, tables: Sequence[Table] | None) -> Non
     exists". The lock makes them take turns; the second finds the tables.
     """
     database = engine.url.database
-    if not database or database == ":memory:":
+    if not database or database == ":memory:" or not os.path.isdir(
+            os.path.dirname(os.path.abspath(database))):
+        # No file to guard. A missing folder fails in create_all with the
+        # ledger connection error that names it.
         SQLModel.metadata.create_all(engine, tables=tables)
         return
     with open(f"{database}.create-lock", "a+b") as lock:
