@@ -251,7 +251,7 @@ def _last_expired(session: Session, cutoff_text: str,
 
 def _delete_audit_prefix(session: Session, through_id: int, is_sqlite: bool) -> None:
     # The delete trigger is dropped (SQLite) or disabled (PostgreSQL) and
-    # restored inside this transaction, so no other connection ever sees
+    # restored inside this transaction, so no other connection ever reads
     # the table without it. On PostgreSQL the transaction already holds the
     # EXCLUSIVE audit lock, so no other DELETE can run in between either.
     if is_sqlite:

@@ -204,7 +204,7 @@ def test_legal_hold_typo_rejected(aged_ledger: Path, ledger_url: str) -> None:
 
 
 def test_legal_hold_known_names_accepted(aged_ledger: Path, ledger_url: str) -> None:
-    """A hold may name a configured campaign or one only the ledger knows."""
+    """A hold may name a configured campaign or one with rows in the ledger."""
     policy = RetentionSettings(legal_holds=(
         LegalHold(campaign="held", reason="matter 1"),
         LegalHold(campaign="checkup_reminder", reason="matter 2")))

@@ -2,7 +2,7 @@
 
 The server is the one ``tests/postgres/setup.sh`` starts (``.ci/run`` runs
 it); set ``CAREPOST_TEST_POSTGRES_URL`` to use another. When the server
-does not answer, every test that needs it is skipped with the reason.
+does not respond, every test that needs it is skipped with the reason.
 
 Each test's ledger URL names its own schema in the connection's
 ``search_path``, so tests never see each other's rows, and sets the

@@ -295,7 +295,7 @@ def test_lifecycle_stage(world: SegmentWorld, ledger: Ledger) -> None:
 
 
 def test_cap_until_sets_window(people: SegmentWorld, ledger: Ledger) -> None:
-    """A past-date run told to end the window now counts what send time counts."""
+    """A past-date run whose cap window ends now counts the send-time sends."""
     now = datetime.now(UTC)
     send(ledger, "busy", "older", now - timedelta(days=10))
     cap = FrequencyCap(max_messages=1, per_days=7)
