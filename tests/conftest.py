@@ -9,6 +9,7 @@ only when a test asks for the ``prefect_api`` fixture.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import tempfile
@@ -26,10 +27,24 @@ PREFECT_HOME = prefect_runtime.configure(TEST_STATE)
 os.environ.pop(prefect_runtime.API_URL_ENV, None)
 
 
+# Below Linux's default ephemeral range (32768-60999). A port the kernel
+# handed out for port 0 and took back can be handed out again at once, for
+# example to the Prefect runner's own listener, before the server under
+# test binds it; ports chosen here are never handed out that way.
+_TEST_PORTS = range(20000, 32000)
+
+
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """Return a loopback port that is free now, outside the ephemeral range."""
+    for _ in range(200):
+        port = random.choice(_TEST_PORTS)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free loopback port found in 20000-31999")
 
 
 @pytest.fixture(scope="session")

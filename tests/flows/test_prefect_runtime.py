@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 from carepost.connectors.local_smtp import LocalTlsSmtpServer
 from carepost.flows import prefect_runtime
 from carepost.flows.prefect_runtime import PrefectServerError, default_port
+from tests.conftest import free_port
 from tests.flows.project import RUN_DATE, make_project
 
 
@@ -58,7 +58,7 @@ def test_run_uses_own_server_not_home(tmp_path: Path) -> None:
     home.mkdir()
     env = {key: value for key, value in os.environ.items()
            if not key.startswith(("PREFECT_", "CAREPOST_PREFECT"))}
-    env.update({"HOME": str(home), "CAREPOST_PREFECT_PORT": str(_free_port())})
+    env.update({"HOME": str(home), "CAREPOST_PREFECT_PORT": str(free_port())})
     with LocalTlsSmtpServer(tmp_path / "mailbox") as server:
         project.set_smtp(host=server.host, port=server.port,
                          ca_file=str(server.ca_file))
@@ -72,9 +72,3 @@ def test_run_uses_own_server_not_home(tmp_path: Path) -> None:
     assert json.loads(child.stdout)["sent"] > 0
     assert not (home / ".prefect").exists()
     assert (project.state / "prefect" / "prefect.db").exists()
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
