@@ -28,9 +28,9 @@ os.environ.pop(prefect_runtime.API_URL_ENV, None)
 
 
 # Below Linux's default ephemeral range (32768-60999). A port the kernel
-# handed out for port 0 and took back can be handed out again at once, for
-# example to the Prefect runner's own listener, before the server under
-# test binds it; ports chosen here are never handed out that way.
+# gave out for a bind to port 0 can go to the next such bind at once, for
+# example the Prefect runner's own listener, before the server under test
+# takes it. The kernel never gives out the ports chosen here that way.
 _TEST_PORTS = range(20000, 32000)
 
 
