@@ -46,6 +46,7 @@ from carepost.ledger import (
     outbox_event,
 )
 from carepost.ledger.ledger import Claim, ClaimRequest
+from carepost.segments.recipients import REASON_TEXT
 from carepost.templates import (
     Envelope,
     HeaderInjectionError,
@@ -92,24 +93,24 @@ def _skip_reason(run: RunContext, recipient: Recipient, address_hash: str | None
     """Return why this recipient must not get this campaign, or None."""
     purpose = run.campaign.purpose
     if recipient.deceased:
-        return "deceased"
+        return REASON_TEXT["deceased"]
     if recipient.address is None or address_hash is None:
-        return "no email address"
+        return REASON_TEXT["no_address"]
     # Contact consent is the floor for any email; marketing needs its own
     # authorisation on top of it.
     if not recipient.consent_contact:
-        return "no contact consent"
+        return REASON_TEXT["no_contact_consent"]
     if purpose is Purpose.MARKETING and not recipient.consent_marketing:
-        return "no marketing consent"
+        return REASON_TEXT["no_marketing_consent"]
     if run.ledger.is_suppressed(address_hash, purpose):
-        return "address on the suppression list"
+        return REASON_TEXT["suppressed"]
     cap = run.campaign.frequency_cap
     if cap is not None:
         since = datetime.now(UTC) - timedelta(days=cap.per_days)
         sent = run.ledger.sent_since(recipient.profile_id, since, purpose=purpose,
                                      excluding_run=(run.campaign.name, run.run_key))
         if sent >= cap.max_messages:
-            return "frequency cap reached"
+            return REASON_TEXT["frequency_cap"]
     reentry = run.campaign.reentry_days
     if reentry is not None:
         since = datetime.now(UTC) - timedelta(days=reentry)
@@ -187,12 +188,17 @@ def claim_request(run: RunContext, recipient: Recipient) -> ClaimRequest:
     """Build the ledger claim of this recipient's delivery in this run."""
     address_hash = (hash_address(run.address_key, recipient.address.reveal())
                     if recipient.address is not None else None)
+    return _request_for(run, recipient.profile_id, address_hash)
+
+
+def _request_for(run: RunContext, profile_id: str,
+                 address_hash: str | None) -> ClaimRequest:
     return ClaimRequest(
-        campaign=run.campaign.name, run_key=run.run_key,
-        profile_id=recipient.profile_id, purpose=run.campaign.purpose,
+        campaign=run.campaign.name, run_key=run.run_key, profile_id=profile_id,
+        purpose=run.campaign.purpose,
         fields={"template": run.template.name,
                 "template_version": run.template.version,
-                "message_id": _message_id(run, recipient.profile_id),
+                "message_id": _message_id(run, profile_id),
                 "address_hash": address_hash})
 
 
@@ -340,8 +346,8 @@ def _settle_outcome(run: RunContext, recipient: Recipient, delivery_id: int,
 def settle_removed(run: RunContext, removed: dict[str, str]) -> Counter[str]:
     """Record the segment members the selection removed; return their counts.
 
-    ``removed`` maps profile ids to the reason, worded as ``_skip_reason``
-    words it. These profiles are never loaded or rendered, but each still
+    ``removed`` maps profile ids to their reason in ``REASON_TEXT``, the
+    texts ``_skip_reason`` returns too. These profiles are never loaded or rendered, but each still
     gets its ledger row, settled ``suppressed``, so the run's counts and a
     re-run read the same as when the send-time check removes someone.
     """
@@ -350,7 +356,8 @@ def settle_removed(run: RunContext, removed: dict[str, str]) -> Counter[str]:
     size = max(1, run.settings.batch_size)
     for start in range(0, len(ids), size):
         chunk = ids[start:start + size]
-        claims = run.ledger.claim_many([_removed_request(run, pid) for pid in chunk])
+        # The address of a removed profile is not read, so its hash stays empty.
+        claims = run.ledger.claim_many([_request_for(run, pid, None) for pid in chunk])
         outcomes: dict[str, str] = {}
         by_reason: dict[str, list[int]] = {}
         for profile_id, claim in zip(chunk, claims):
@@ -371,17 +378,6 @@ def settle_removed(run: RunContext, removed: dict[str, str]) -> Counter[str]:
                          run_key=run.run_key, outcomes=outcomes)
         counts.update(outcomes.values())
     return counts
-
-
-def _removed_request(run: RunContext, profile_id: str) -> ClaimRequest:
-    # The address is not read for a removed profile, so its hash stays empty.
-    return ClaimRequest(
-        campaign=run.campaign.name, run_key=run.run_key, profile_id=profile_id,
-        purpose=run.campaign.purpose,
-        fields={"template": run.template.name,
-                "template_version": run.template.version,
-                "message_id": _message_id(run, profile_id),
-                "address_hash": None})
 
 
 async def deliver_batch(run: RunContext, profile_ids: list[str]) -> Counter[str]:

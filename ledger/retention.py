@@ -106,8 +106,8 @@ def check_legal_holds(ledger_url: str, retention: RetentionSettings,
     so the ledger's campaigns count as known too. A name in neither place
     is a typo, and its hold would keep nothing.
     """
-    held = retention.held_campaigns
-    if not held:
+    hold_names = retention.held_campaigns
+    if not hold_names:
         return
     engine = create_ledger_engine(ledger_url)
     recorded: set[str] = set()
@@ -120,7 +120,7 @@ def check_legal_holds(ledger_url: str, retention: RetentionSettings,
     finally:
         engine.dispose()
     known = configured | recorded
-    for name in sorted(held - known):
+    for name in sorted(hold_names - known):
         close = difflib.get_close_matches(name, sorted(known), n=1)
         raise ConfigError(
             f"retention.legal_holds names campaign {name!r}, which is neither in "

@@ -56,8 +56,8 @@ SENT_TABLE = "_carepost_recent_sends"
 # The reasons, in the order the send-time checks apply them.
 REASONS = ("deceased", "no_address", "no_consent", "suppressed", "frequency_cap")
 
-# Each reason as the send-time check in flows/delivery.py words it, so a
-# ledger row reads the same whichever check removed the profile.
+# Each reason's text in the ledger. The send-time check in flows/delivery.py
+# returns the same texts, so a row reads the same whichever check wrote it.
 REASON_TEXT = {
     "deceased": "deceased",
     "no_address": "no email address",

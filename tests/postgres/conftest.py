@@ -5,9 +5,9 @@ it); set ``CAREPOST_TEST_POSTGRES_URL`` to use another. When the server
 does not respond, every test that needs it is skipped with the reason.
 
 Each test's ledger URL names its own schema in the connection's
-``search_path``, so tests never see each other's rows, and sets the
-session ``TimeZone`` to a zone that is not UTC (UTC+05:30), so a time
-stored or read in the session's zone instead of UTC shows up as wrong.
+``search_path``, so tests never read each other's rows. It also sets the
+session ``TimeZone`` to UTC+05:30, so a time stored or read in the
+session's zone instead of UTC shows up as wrong.
 """
 
 from __future__ import annotations
